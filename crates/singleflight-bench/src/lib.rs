@@ -1,0 +1,1 @@
+//! Side-by-side benchmarks of singleflight against its peers (work in progress).

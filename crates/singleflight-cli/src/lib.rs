@@ -1,0 +1,1 @@
+//! The `singleflight` command line (work in progress).

@@ -1,0 +1,2 @@
+//! The `singleflight` binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! A tower layer that coalesces identical HTTP requests (work in progress).

@@ -1,0 +1,264 @@
+// The futures a call returns, and how each caller drives or waits on its
+// flight. See `flight.rs` for who owns the work when.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::mem;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc as StdArc;
+use std::task::{Context, Poll, ready};
+
+use super::flight::{Flight, Work};
+use super::group::{Inner, Joined};
+use crate::loom::lock;
+use crate::loom::sync::Arc;
+use crate::settle::received;
+use crate::{Outcome, Panicked};
+
+/// The work of a flight, owned by the caller that drives it.
+pub(crate) struct Lead<T> {
+    pub(crate) work: Work<T>,
+    pub(crate) hash: u64,
+    pub(crate) id: u64,
+}
+
+impl<T> Lead<T> {
+    /// Polls the work, catching a panic as the flight's result.
+    pub(crate) fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<std::thread::Result<T>> {
+        match panic::catch_unwind(AssertUnwindSafe(|| self.work.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+/// A caller waiting for a flight driven by another.
+struct Follow<T> {
+    flight: Arc<Flight<T>>,
+    hash: u64,
+    id: u64,
+    /// Where our waker is in the flight's waiters, once registered.
+    waiter: Option<usize>,
+}
+
+enum Waited<T> {
+    Ended(Result<Outcome<T>, Panicked>),
+    /// The driver left; the work is ours to drive now.
+    Promoted(Work<T>),
+}
+
+impl<T: Clone> Follow<T> {
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Waited<T>> {
+        let mut state = lock(&self.flight.state);
+        if let Some(result) = &state.result {
+            let result = result.clone();
+            drop(state);
+            return Poll::Ready(Waited::Ended(received(result)));
+        }
+        if let Some(work) = state.orphan.take() {
+            if let Some(waiter) = self.waiter.take() {
+                state.waiters.try_remove(waiter);
+            }
+            return Poll::Ready(Waited::Promoted(work));
+        }
+        match self.waiter.and_then(|waiter| state.waiters.get_mut(waiter)) {
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => self.waiter = Some(state.waiters.insert(cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+}
+
+enum Step<K, T, F> {
+    Start { key: K, make: F },
+    Lead(Lead<T>),
+    Follow(Follow<T>),
+    Done,
+}
+
+/// The future [`Group::try_call`](super::Group::try_call) returns: the
+/// flight's [`Outcome`], or [`Panicked`] if its work panicked.
+///
+/// See [`Group::call`](super::Group::call) for cancel safety.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct TryCall<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    inner: StdArc<Inner<K, T, S>>,
+    step: Step<K, T, F>,
+}
+
+// Nothing of a `TryCall` is ever pinned in place: the work is boxed.
+impl<K, T, S, F> Unpin for TryCall<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+}
+
+impl<K, T, S, F, Fut> TryCall<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    pub(crate) fn new(inner: StdArc<Inner<K, T, S>>, key: K, make: F) -> Self {
+        Self {
+            inner,
+            step: Step::Start { key, make },
+        }
+    }
+}
+
+impl<K, T, S, F, Fut> Future for TryCall<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    type Output = Result<Outcome<T>, Panicked>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.step {
+                Step::Start { .. } => {
+                    let Step::Start { key, make } = mem::replace(&mut this.step, Step::Done) else {
+                        unreachable!("matched Start just above");
+                    };
+                    match this.inner.join(key, make) {
+                        Joined::Lead(lead) => this.step = Step::Lead(lead),
+                        Joined::Follow { flight, hash, id } => {
+                            this.step = Step::Follow(Follow {
+                                flight,
+                                hash,
+                                id,
+                                waiter: None,
+                            });
+                        }
+                        Joined::Failed(result) => return Poll::Ready(result),
+                    }
+                }
+                Step::Lead(lead) => {
+                    let result = ready!(lead.poll_work(cx));
+                    let Step::Lead(lead) = mem::replace(&mut this.step, Step::Done) else {
+                        unreachable!("matched Lead just above");
+                    };
+                    let (hash, id) = (lead.hash, lead.id);
+                    // The work's destructors run before anyone sees its result.
+                    drop(lead);
+                    return Poll::Ready(this.inner.finish(hash, id, result));
+                }
+                Step::Follow(follow) => match ready!(follow.poll_wait(cx)) {
+                    Waited::Ended(result) => {
+                        this.step = Step::Done;
+                        return Poll::Ready(result);
+                    }
+                    Waited::Promoted(work) => {
+                        let (hash, id) = (follow.hash, follow.id);
+                        this.step = Step::Lead(Lead { work, hash, id });
+                    }
+                },
+                Step::Done => panic!("`TryCall` polled after it completed"),
+            }
+        }
+    }
+}
+
+impl<K, T, S, F> Drop for TryCall<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        match mem::replace(&mut self.step, Step::Done) {
+            Step::Start { .. } | Step::Done => {}
+            Step::Lead(lead) => self.inner.abandon(lead, true),
+            Step::Follow(follow) => {
+                self.inner
+                    .leave(&follow.flight, follow.hash, follow.id, follow.waiter);
+            }
+        }
+    }
+}
+
+impl<K, T, S, F> fmt::Debug for TryCall<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let step = match self.step {
+            Step::Start { .. } => "start",
+            Step::Lead(_) => "driving",
+            Step::Follow(_) => "waiting",
+            Step::Done => "done",
+        };
+        f.debug_struct("TryCall").field("step", &step).finish()
+    }
+}
+
+/// The future [`Group::call`](super::Group::call) returns: the flight's
+/// [`Outcome`]; re-raises a panic of the work.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Call<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    inner: TryCall<K, T, S, F>,
+}
+
+impl<K, T, S, F> Call<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    pub(crate) fn new(inner: TryCall<K, T, S, F>) -> Self {
+        Self { inner }
+    }
+}
+
+impl<K, T, S, F, Fut> Future for Call<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    type Output = Outcome<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
+        match ready!(Pin::new(&mut self.inner).poll(cx)) {
+            Ok(outcome) => Poll::Ready(outcome),
+            Err(panicked) => panicked.resume(),
+        }
+    }
+}
+
+impl<K, T, S, F> fmt::Debug for Call<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Call").field(&self.inner).finish()
+    }
+}

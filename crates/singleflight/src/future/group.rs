@@ -1,0 +1,543 @@
+// The async group: the table of flights, and what happens to a flight when
+// callers arrive, finish or leave. `call.rs` holds the futures that drive it.
+//
+// Invariants (see also `table.rs` and `flight.rs`):
+// - No lock is held while user code runs (the work, `make`, `Clone`, a key's
+//   or a work's `Drop`, a waker, the spawner).
+// - A flight's slot leaves the table when the flight ends (`finish`) or is
+//   abandoned by its last caller (`abandon`, `leave`), under the table lock,
+//   at once: no new caller can join a flight that will never end.
+
+use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+use std::sync::Arc as StdArc;
+
+use super::call::{Call, Lead, TryCall};
+use super::flight::Flight;
+use super::spawn::{Detached, Spawn};
+use crate::loom::lock;
+use crate::loom::sync::{Arc, Mutex};
+use crate::table::Table;
+use crate::{Outcome, Panicked};
+
+/// Coalesces concurrent async calls for the same key: the work runs once and
+/// every caller gets its result.
+///
+/// A flight belongs to *all* its callers. Dropping the caller that started it
+/// does not cancel it: one of the callers still waiting carries on polling the
+/// same work, which is neither restarted nor run twice. When the *last* caller
+/// is dropped the work is dropped (cancelled) and the key freed at once, so no
+/// later call joins a flight that will never end; with [`Builder::detach`] the
+/// flight is instead handed to an executor and runs to completion.
+///
+/// The group needs no runtime: it works on any executor. It is cheap to clone
+/// (a reference count), and clones share their flights.
+///
+/// # Concurrent calls on the same key
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use singleflight::future::Group;
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// let group = Group::<String, String>::new();
+/// let executions = Arc::new(AtomicUsize::new(0));
+///
+/// let tasks: Vec<_> = (0..8)
+///     .map(|_| {
+///         let (group, executions) = (group.clone(), executions.clone());
+///         tokio::spawn(async move {
+///             group
+///                 .call("status".to_string(), || async move {
+///                     executions.fetch_add(1, Ordering::SeqCst);
+///                     tokio::time::sleep(Duration::from_millis(100)).await; // a slow upstream
+///                     "200 OK".to_string()
+///                 })
+///                 .await
+///         })
+///     })
+///     .collect();
+///
+/// for task in tasks {
+///     let out = task.await.unwrap();
+///     println!("status: {}, shared: {}", out.value, out.shared);
+/// }
+/// assert_eq!(executions.load(Ordering::SeqCst), 1);
+/// assert!(group.is_empty());
+/// # }
+/// ```
+///
+/// prints eight times `status: 200 OK, shared: true`.
+pub struct Group<K, T, S = RandomState> {
+    inner: StdArc<Inner<K, T, S>>,
+}
+
+pub(crate) struct Inner<K, T, S> {
+    table: Mutex<Table<K, Arc<Flight<T>>>>,
+    hasher: S,
+    spawner: Option<StdArc<dyn Spawn>>,
+}
+
+impl<K, T> Group<K, T, RandomState> {
+    /// An empty group with the standard hasher, whose flights are cancelled
+    /// when their last caller is dropped.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for a group with other settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::hash::BuildHasherDefault;
+    /// use std::collections::hash_map::DefaultHasher;
+    ///
+    /// let group = singleflight::future::Group::<u64, u64>::builder()
+    ///     .hasher(BuildHasherDefault::<DefaultHasher>::default())
+    ///     .build();
+    /// assert!(group.is_empty());
+    /// ```
+    pub fn builder() -> Builder<K, T, RandomState> {
+        Builder {
+            hasher: RandomState::new(),
+            spawner: None,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, T> Default for Group<K, T, RandomState> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, T, S> Clone for Group<K, T, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: StdArc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, T, S> Group<K, T, S> {
+    /// The number of flights in progress (forgotten ones included, until they end).
+    pub fn len(&self) -> usize {
+        lock(&self.inner.table).len()
+    }
+
+    /// Whether no flight is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K, T, S> Group<K, T, S>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// Runs the future `make()` returns for `key`, unless a flight for `key`
+    /// is in progress, in which case it waits for that flight and returns a
+    /// clone of its value.
+    ///
+    /// Nothing happens until the returned future is first polled; `make` is
+    /// then called only if this call starts a new flight. The work is polled
+    /// by whichever of the flight's callers currently drives it, with no lock
+    /// held.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let group = singleflight::future::Group::<&str, Result<u16, String>>::new();
+    /// let out = group.call("status", || async { Ok(200) }).await;
+    /// assert_eq!(out.value, Ok(200));
+    /// assert!(!out.shared);
+    /// # });
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future leaves the flight to its other callers:
+    /// if it was driving the work, a waiting caller takes the work over where
+    /// it stands. Dropping the last caller's future drops the work (its
+    /// destructors run, on the dropping thread) and frees the key at once; the
+    /// next call starts afresh and never sees that flight's result. With
+    /// [`Builder::detach`], the work is instead handed to the spawner and runs
+    /// to completion, and new calls for the key still join it.
+    ///
+    /// # Panics
+    ///
+    /// When the work (or `make`) panics, every caller of that flight panics:
+    /// the one whose poll ran it with the original payload, the others with
+    /// its message as a `String`. The key is freed first and the group stays
+    /// usable. [`Group::try_call`] returns the panic as an error instead.
+    ///
+    /// Awaiting a call for the *same* key from inside the work never
+    /// completes, as it waits for itself.
+    pub fn call<F, Fut>(&self, key: K, make: F) -> Call<K, T, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        Call::new(self.try_call(key, make))
+    }
+
+    /// Like [`Group::call`], but a panic in the work is returned as
+    /// [`Panicked`] to every caller of the flight instead of re-raised.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let group = singleflight::future::Group::<u8, u8>::new();
+    /// let err = group.try_call(1, || async { panic!("boom") }).await.unwrap_err();
+    /// assert_eq!(err.message(), "boom");
+    /// # });
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Group::call`].
+    pub fn try_call<F, Fut>(&self, key: K, make: F) -> TryCall<K, T, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        TryCall::new(StdArc::clone(&self.inner), key, make)
+    }
+
+    /// Forgets the flight in progress for `key`, if any: callers already
+    /// waiting on it still receive its value, but calls from now on start a
+    /// new flight. Returns whether there was a flight to forget.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::future::Group::<String, u8>::new();
+    /// assert!(!group.forget("nothing in flight"));
+    /// ```
+    pub fn forget<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.inner.hasher.hash_one(key);
+        lock(&self.inner.table).forget(hash, key)
+    }
+
+    /// Whether a flight for `key` is in progress (and not forgotten).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::future::Group::<String, u8>::new();
+    /// assert!(!group.contains("idle"));
+    /// ```
+    pub fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.inner.hasher.hash_one(key);
+        lock(&self.inner.table).contains(hash, key)
+    }
+}
+
+impl<K, T, S> fmt::Debug for Group<K, T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("flights", &self.len())
+            .field("detached", &self.inner.spawner.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`Group`]; from [`Group::builder`].
+pub struct Builder<K, T, S> {
+    hasher: S,
+    spawner: Option<StdArc<dyn Spawn>>,
+    _types: PhantomData<fn(K) -> T>,
+}
+
+impl<K, T, S> Builder<K, T, S> {
+    /// Hashes keys with `hasher`.
+    pub fn hasher<S2>(self, hasher: S2) -> Builder<K, T, S2> {
+        Builder {
+            hasher,
+            spawner: self.spawner,
+            _types: PhantomData,
+        }
+    }
+
+    /// Hands a flight whose every caller was dropped to `spawner`, which runs
+    /// it to completion, instead of cancelling it. Calls for its key keep
+    /// joining it meanwhile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "tokio")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = singleflight::future::Group::<String, u32>::builder()
+    ///     .detach(singleflight::future::TokioSpawner::current())
+    ///     .build();
+    /// # drop(group);
+    /// # }
+    /// # #[cfg(not(feature = "tokio"))]
+    /// # fn main() {}
+    /// ```
+    pub fn detach(mut self, spawner: impl Spawn) -> Self {
+        self.spawner = Some(StdArc::new(spawner));
+        self
+    }
+
+    /// The group.
+    pub fn build(self) -> Group<K, T, S> {
+        Group {
+            inner: StdArc::new(Inner {
+                table: Mutex::new(Table::new()),
+                hasher: self.hasher,
+                spawner: self.spawner,
+            }),
+        }
+    }
+}
+
+impl<K, T, S> fmt::Debug for Builder<K, T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("detached", &self.spawner.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a call stands after looking its key up.
+pub(crate) enum Joined<T> {
+    /// It started a new flight and drives its work.
+    Lead(Lead<T>),
+    /// It joined the flight in progress.
+    Follow {
+        flight: Arc<Flight<T>>,
+        hash: u64,
+        id: u64,
+    },
+    /// It started a new flight, but `make` panicked.
+    Failed(Result<Outcome<T>, Panicked>),
+}
+
+impl<K, T, S> Inner<K, T, S>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// Joins the flight for `key`, or starts one with `make`.
+    pub(crate) fn join<F, Fut>(&self, key: K, make: F) -> Joined<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let hash = self.hasher.hash_one(&key);
+        let mut table = lock(&self.table);
+        if let Some(slot) = table.live_mut(hash, &key) {
+            let id = slot.id();
+            let flight = Arc::clone(
+                slot.flight
+                    .get_or_insert_with(|| Arc::new(Flight::joined())),
+            );
+            lock(&flight.state).callers += 1;
+            drop(table);
+            return Joined::Follow { flight, hash, id };
+        }
+        let id = table.insert(hash, key);
+        drop(table);
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Box::pin(make()) as super::flight::Work<T>
+        }));
+        match made {
+            Ok(work) => Joined::Lead(Lead { work, hash, id }),
+            Err(payload) => Joined::Failed(self.finish(hash, id, Err(payload))),
+        }
+    }
+
+    /// Ends flight `id` with `result`: frees its key and hands the result to
+    /// every caller still waiting.
+    pub(crate) fn finish(
+        &self,
+        hash: u64,
+        id: u64,
+        result: std::thread::Result<T>,
+    ) -> Result<Outcome<T>, Panicked> {
+        let slot = lock(&self.table).remove(hash, id);
+        let flight = slot.and_then(|slot| slot.flight);
+        crate::settle::settle(result, flight.as_deref())
+    }
+
+    /// The driver of flight `lead` was dropped before the work ended: hand
+    /// the work to a waiting caller, or to the spawner, or cancel it.
+    ///
+    /// `may_detach` is false for a detached driver, which is only dropped when
+    /// its executor shuts down: handing it back would loop.
+    pub(crate) fn abandon(self: &StdArc<Self>, lead: Lead<T>, may_detach: bool) {
+        let Lead { work, hash, id } = lead;
+        let mut table = lock(&self.table);
+        let Some(slot) = table.get_mut(hash, id) else {
+            return;
+        };
+        let mut heir = None;
+        let mut work = Some(work);
+        if let Some(flight) = &slot.flight {
+            let mut state = lock(&flight.state);
+            if state.callers > 1 {
+                state.callers -= 1;
+                state.orphan = work.take();
+                heir = state.heir();
+            } else {
+                // Only we were left: it stays counted if we detach it below.
+                state.callers = 1;
+            }
+        }
+        let mut removed = None;
+        if let Some(work) = work {
+            match &self.spawner {
+                Some(spawner) if may_detach => {
+                    drop(table);
+                    let lead = Lead { work, hash, id };
+                    spawner.spawn(Detached::new(DetachedLead {
+                        inner: StdArc::clone(self),
+                        lead: Some(lead),
+                    }));
+                    return;
+                }
+                _ => {
+                    if let Some(flight) = &slot.flight {
+                        lock(&flight.state).callers = 0;
+                    }
+                    removed = Some((table.remove(hash, id), work));
+                }
+            }
+        }
+        drop(table);
+        drop(removed);
+        if let Some(heir) = heir {
+            heir.wake();
+        }
+    }
+
+    /// A follower of `flight` was dropped before receiving its result.
+    pub(crate) fn leave(
+        self: &StdArc<Self>,
+        flight: &Arc<Flight<T>>,
+        hash: u64,
+        id: u64,
+        waiter: Option<usize>,
+    ) {
+        let mut table = lock(&self.table);
+        let mut state = lock(&flight.state);
+        if state.result.is_some() {
+            return;
+        }
+        if let Some(waiter) = waiter {
+            state.waiters.try_remove(waiter);
+        }
+        state.callers -= 1;
+        if state.callers > 0 {
+            // If the work is waiting for a follower to pick it up, we may have
+            // been the one woken for it: pass the turn on.
+            let heir = if state.orphan.is_some() {
+                state.heir()
+            } else {
+                None
+            };
+            drop(state);
+            drop(table);
+            if let Some(heir) = heir {
+                heir.wake();
+            }
+            return;
+        }
+        // We were the last caller, so the driver is gone and the work orphaned.
+        let Some(work) = state.orphan.take() else {
+            return;
+        };
+        if let Some(spawner) = &self.spawner {
+            state.callers = 1;
+            drop(state);
+            drop(table);
+            let lead = Lead { work, hash, id };
+            spawner.spawn(Detached::new(DetachedLead {
+                inner: StdArc::clone(self),
+                lead: Some(lead),
+            }));
+            return;
+        }
+        drop(state);
+        let removed = table.remove(hash, id);
+        drop(table);
+        drop(removed);
+        drop(work);
+    }
+}
+
+/// A flight run by the spawner after its every caller was dropped.
+struct DetachedLead<K, T, S>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    inner: StdArc<Inner<K, T, S>>,
+    lead: Option<Lead<T>>,
+}
+
+impl<K, T, S> Future for DetachedLead<K, T, S>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let Some(lead) = self.lead.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        let result = std::task::ready!(lead.poll_work(cx));
+        if let Some(lead) = self.lead.take() {
+            let (hash, id) = (lead.hash, lead.id);
+            drop(lead);
+            // Nobody to re-raise a panic for: followers get it, the hook printed it.
+            drop(self.inner.finish(hash, id, result));
+        }
+        std::task::Poll::Ready(())
+    }
+}
+
+impl<K, T, S> Drop for DetachedLead<K, T, S>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(lead) = self.lead.take() {
+            self.inner.abandon(lead, false);
+        }
+    }
+}

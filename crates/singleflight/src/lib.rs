@@ -1,0 +1,55 @@
+//! Request coalescing: when many callers ask for the same thing at once, the
+//! work runs once and all of them get the result.
+//!
+//! This is Go's [`golang.org/x/sync/singleflight`] for Rust, with a blocking
+//! group for threads ([`sync::Group`]) and an async group for any executor
+//! ([`future::Group`]) whose flights belong to all their callers: dropping
+//! the caller that started a flight does not cancel it for the others.
+//!
+//! [`golang.org/x/sync/singleflight`]: https://pkg.go.dev/golang.org/x/sync/singleflight
+//!
+//! # When to coalesce
+//!
+//! Reads of data that is requested very often, by many callers at once, and
+//! changes rarely or may be slightly stale. **Never writes** (insert, update,
+//! delete): merging them hides a caller's own effect or races.
+//!
+//! # Examples
+//!
+//! ```
+//! use singleflight::sync::Group;
+//!
+//! let group = Group::<String, Result<String, String>>::new();
+//! let out = group.call("status".to_string(), || Ok("200 OK".to_string()));
+//! assert_eq!(out.value.as_deref(), Ok("200 OK"));
+//! println!("shared: {}", out.shared);
+//! ```
+//!
+//! # Guarantees (both groups)
+//!
+//! - One execution per key at a time; calls that arrive meanwhile share it.
+//! - No lock is held while the work runs.
+//! - A panic in the work reaches every caller of that flight, frees the key
+//!   and leaves the group usable.
+//! - [`forget`](sync::Group::forget) lets new callers start a new flight while
+//!   those waiting still get the old one's value.
+//! - After every caller has returned, been cancelled or panicked, the group
+//!   holds nothing for that key.
+//! - Waiters sleep; nothing polls or spins.
+//!
+//! # Features
+//!
+//! - `tokio`: [`future::TokioSpawner`], to run detached flights on a tokio runtime.
+//!   Without it no async runtime is pulled in.
+
+mod loom;
+mod outcome;
+mod panic;
+mod settle;
+mod table;
+
+pub mod future;
+pub mod sync;
+
+pub use outcome::Outcome;
+pub use panic::Panicked;

@@ -1,0 +1,8 @@
+//! The blocking group, for threads.
+//!
+//! See [`Group`].
+
+mod flight;
+mod group;
+
+pub use group::Group;

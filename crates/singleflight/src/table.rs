@@ -1,0 +1,117 @@
+// The table of flights in progress, shared by the blocking and async groups.
+//
+// Invariants:
+// - At most one *live* (not forgotten) slot per key. `forget` flags a slot
+//   instead of removing it, so the flight's own driver can still find it
+//   (and its waiters) when it finishes; a new call for that key then inserts
+//   a second, live slot beside it.
+// - A slot is identified by `(hash, id)`; ids are never reused within a
+//   table, so a finishing flight removes its own slot and never a newer
+//   flight's, whatever `forget` did meanwhile.
+// - The key's hash is computed once, outside the lock, and stored in the
+//   slot, so growing the table never calls user hashing code under the lock.
+
+use std::borrow::Borrow;
+
+use hashbrown::HashTable;
+
+/// One flight's entry in the table.
+pub(crate) struct Slot<K, F> {
+    hash: u64,
+    id: u64,
+    forgotten: bool,
+    pub(crate) key: K,
+    /// Shared state of the flight, created lazily by its first follower, so
+    /// a call that nobody joins allocates nothing beyond its slot.
+    pub(crate) flight: Option<F>,
+}
+
+impl<K, F> Slot<K, F> {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Flights in progress, keyed by `K`.
+pub(crate) struct Table<K, F> {
+    slots: HashTable<Slot<K, F>>,
+    next_id: u64,
+}
+
+impl<K, F> Table<K, F> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            slots: HashTable::new(),
+            next_id: 0,
+        }
+    }
+
+    /// The live slot for `key`, if a flight for it is in progress.
+    pub(crate) fn live_mut<Q>(&mut self, hash: u64, key: &Q) -> Option<&mut Slot<K, F>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.slots
+            .find_mut(hash, |slot| !slot.forgotten && slot.key.borrow() == key)
+    }
+
+    /// Inserts a live slot for a new flight and returns its id.
+    pub(crate) fn insert(&mut self, hash: u64, key: K) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let slot = Slot {
+            hash,
+            id,
+            forgotten: false,
+            key,
+            flight: None,
+        };
+        self.slots.insert_unique(hash, slot, |slot| slot.hash);
+        id
+    }
+
+    /// The slot of flight `id`, live or forgotten.
+    pub(crate) fn get_mut(&mut self, hash: u64, id: u64) -> Option<&mut Slot<K, F>> {
+        self.slots.find_mut(hash, |slot| slot.id == id)
+    }
+
+    /// Removes and returns the slot of flight `id`.
+    pub(crate) fn remove(&mut self, hash: u64, id: u64) -> Option<Slot<K, F>> {
+        match self.slots.find_entry(hash, |slot| slot.id == id) {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    /// Flags the live slot for `key` as forgotten; returns whether there was one.
+    pub(crate) fn forget<Q>(&mut self, hash: u64, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        match self.live_mut(hash, key) {
+            Some(slot) => {
+                slot.forgotten = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a live flight for `key` is in progress.
+    pub(crate) fn contains<Q>(&self, hash: u64, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.slots
+            .find(hash, |slot| !slot.forgotten && slot.key.borrow() == key)
+            .is_some()
+    }
+
+    /// Number of flights in progress, forgotten ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}

@@ -1,0 +1,46 @@
+//! The auto traits of the public types and of the futures the methods return.
+
+use singleflight::future::{Call, Detached, Group as AsyncGroup, TryCall};
+use singleflight::sync::Group as SyncGroup;
+use singleflight::{Outcome, Panicked};
+
+fn send<T: Send>(_: &T) {}
+fn sync<T: Sync>(_: &T) {}
+fn is_static<T: 'static>(_: &T) {}
+
+#[test]
+fn groups_are_send_and_sync() {
+    let g = SyncGroup::<String, Vec<u8>>::new();
+    send(&g);
+    sync(&g);
+    let g = AsyncGroup::<String, Vec<u8>>::new();
+    send(&g);
+    sync(&g);
+}
+
+#[test]
+fn call_futures_are_send_and_static_when_key_value_and_work_are() {
+    let g = AsyncGroup::<String, Vec<u8>>::new();
+    let call: Call<_, _, _, _> = g.call("k".to_string(), || async { vec![1] });
+    send(&call);
+    is_static(&call);
+    let try_call: TryCall<_, _, _, _> = g.try_call("k".to_string(), || async { vec![1] });
+    send(&try_call);
+    is_static(&try_call);
+}
+
+#[test]
+fn outcome_panicked_and_detached_auto_traits() {
+    let out = SyncGroup::<u8, u8>::new().call(1, || 2);
+    send(&out);
+    sync(&out);
+    let _: &Outcome<u8> = &out;
+    let err: Panicked = SyncGroup::<u8, u8>::new()
+        .try_call(1, || panic!("x"))
+        .unwrap_err();
+    send(&err);
+    fn detached_is_send(d: Detached) -> impl Send {
+        d
+    }
+    let _ = detached_is_send;
+}

@@ -39,9 +39,21 @@
 //!
 //! # Features
 //!
-//! - `tokio`: [`future::TokioSpawner`], to run detached flights on a tokio runtime.
-//!   Without it no async runtime is pulled in.
+//! - `tokio`: [`future::TokioSpawner`], to run detached flights on a tokio
+//!   runtime, `call_with_timeout` on the async group, and
+//!   [`policy::TokioClock`] (the async group's default clock then, so tests
+//!   can pause time). Without it no async runtime is pulled in.
+//! - `metrics`: a group built with `.metrics(name)` also reports its counters
+//!   through the [`metrics`](https://docs.rs/metrics) facade. Without it,
+//!   `stats()` still works.
+//!
+//! # Policies
+//!
+//! Beyond Go, all off by default: a memo with TTL, negative TTL and
+//! stale-while-revalidate, an error policy, deadlines, a waiter cap and
+//! metrics. See [`policy`].
 
+mod error;
 mod loom;
 mod outcome;
 mod panic;
@@ -49,7 +61,9 @@ mod settle;
 mod table;
 
 pub mod future;
+pub mod policy;
 pub mod sync;
 
-pub use outcome::Outcome;
+pub use error::Error;
+pub use outcome::{Outcome, Source};
 pub use panic::Panicked;

@@ -20,6 +20,10 @@ pub(crate) struct Slot<K, F> {
     hash: u64,
     id: u64,
     forgotten: bool,
+    /// Callers waiting on this flight (policy path only; the waiter cap).
+    pub(crate) followers: usize,
+    /// Whether this flight is already a retry (`ErrorPolicy::RetryOnce`).
+    pub(crate) retried: bool,
     pub(crate) key: K,
     /// Shared state of the flight, created lazily by its first follower, so
     /// a call that nobody joins allocates nothing beyond its slot.
@@ -29,6 +33,12 @@ pub(crate) struct Slot<K, F> {
 impl<K, F> Slot<K, F> {
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether `forget` (or `invalidate`) was called on this flight: it must
+    /// not write its result into the memo.
+    pub(crate) fn is_forgotten(&self) -> bool {
+        self.forgotten
     }
 }
 
@@ -64,6 +74,8 @@ impl<K, F> Table<K, F> {
             hash,
             id,
             forgotten: false,
+            followers: 0,
+            retried: false,
             key,
             flight: None,
         };

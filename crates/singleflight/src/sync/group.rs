@@ -14,9 +14,11 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{self, AssertUnwindSafe};
 
+use super::builder::Builder;
 use super::flight::Flight;
 use crate::loom::lock;
 use crate::loom::sync::{Arc, Mutex};
+use crate::policy::Policies;
 use crate::settle::{received, settle};
 use crate::table::Table;
 use crate::{Outcome, Panicked};
@@ -77,8 +79,11 @@ use crate::{Outcome, Panicked};
 ///
 /// prints eight times `status: 200 OK, shared: true`.
 pub struct Group<K, T, S = RandomState> {
-    table: Mutex<Table<K, Arc<Flight<T>>>>,
-    hasher: S,
+    pub(super) table: Mutex<Table<K, Arc<Flight<T>>>>,
+    pub(super) hasher: S,
+    /// `None` unless the builder turned a policy on: the plain path pays one
+    /// branch on it per call.
+    pub(super) policy: Option<Box<Policies<K, T>>>,
 }
 
 impl<K, T> Group<K, T, RandomState> {
@@ -92,6 +97,25 @@ impl<K, T> Group<K, T, RandomState> {
     /// ```
     pub fn new() -> Self {
         Self::with_hasher(RandomState::new())
+    }
+
+    /// A builder for a group with policies (memo, error policy, deadlines,
+    /// waiter cap, metrics) or another hasher.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::sync::Group::<String, u64>::builder()
+    ///     .memo(Duration::from_secs(5))
+    ///     .capacity(1_000)
+    ///     .build();
+    /// assert_eq!(group.call("k".to_string(), || 1).value, 1);
+    /// assert_eq!(group.call("k".to_string(), || 2).value, 1); // from the memo
+    /// ```
+    pub fn builder() -> Builder<K, T, RandomState> {
+        Builder::new(RandomState::new())
     }
 }
 
@@ -119,6 +143,7 @@ impl<K, T, S> Group<K, T, S> {
         Self {
             table: Mutex::new(Table::new()),
             hasher,
+            policy: None,
         }
     }
 
@@ -164,6 +189,11 @@ where
     /// The key is freed first and the group stays usable: the next call runs
     /// afresh. [`Group::try_call`] returns the panic as an error instead.
     ///
+    /// With a waiter cap set to [`Overflow::Refuse`](crate::policy::Overflow::Refuse),
+    /// when the cap is reached; use [`Group::call_checked`] to get
+    /// [`Error::TooManyWaiters`](crate::Error::TooManyWaiters) instead. The
+    /// builder's `timeout` does not apply here (it does in `call_checked`).
+    ///
     /// Calling the group for the *same* key from inside `work` deadlocks, as
     /// the call waits for the flight that is waiting for it.
     pub fn call<F>(&self, key: K, work: F) -> Outcome<T>
@@ -186,11 +216,16 @@ where
     ///
     /// # Panics
     ///
-    /// Only if `T::clone` panics, for the caller whose clone it was.
+    /// If `T::clone` panics, for the caller whose clone it was; with a waiter
+    /// cap set to [`Overflow::Refuse`](crate::policy::Overflow::Refuse), when
+    /// the cap is reached (see [`Group::call_checked`]).
     pub fn try_call<F>(&self, key: K, work: F) -> Result<Outcome<T>, Panicked>
     where
         F: FnOnce() -> T,
     {
+        if let Some(policy) = &self.policy {
+            return self.try_call_policed(policy, key, work);
+        }
         let hash = self.hasher.hash_one(&key);
         let mut table = lock(&self.table);
         if let Some(slot) = table.live_mut(hash, &key) {

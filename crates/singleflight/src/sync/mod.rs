@@ -2,7 +2,10 @@
 //!
 //! See [`Group`].
 
+mod builder;
 mod flight;
 mod group;
+mod policy;
 
+pub use builder::Builder;
 pub use group::Group;

@@ -1,0 +1,142 @@
+// The blocking group's builder: the hasher and the policies (see `policy`).
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::group::Group;
+use crate::policy::{Clock, ErrorPolicy, Overflow, Settings, Time};
+
+/// Settings of a [`Group`]; from [`Group::builder`]. Every policy is off
+/// unless set.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use singleflight::policy::{ErrorPolicy, Overflow};
+///
+/// let group = singleflight::sync::Group::<String, Result<String, String>>::builder()
+///     .memo(Duration::from_secs(10))
+///     .failure_if(Result::is_err)
+///     .negative_ttl(Duration::from_secs(1))
+///     .error_policy(ErrorPolicy::RetryOnce)
+///     .timeout(Duration::from_secs(2))
+///     .max_waiters(1_000, Overflow::Refuse)
+///     .metrics("profiles")
+///     .build();
+/// # drop(group);
+/// ```
+pub struct Builder<K, T, S> {
+    hasher: S,
+    settings: Settings<T>,
+    _keys: std::marker::PhantomData<fn(K)>,
+}
+
+impl<K, T, S> Builder<K, T, S> {
+    pub(super) fn new(hasher: S) -> Self {
+        Self {
+            hasher,
+            settings: Settings::default(),
+            _keys: std::marker::PhantomData,
+        }
+    }
+
+    /// Hashes keys with `hasher` (the memo uses its own fast hasher).
+    pub fn hasher<S2>(self, hasher: S2) -> Builder<K, T, S2> {
+        Builder {
+            hasher,
+            settings: self.settings,
+            _keys: std::marker::PhantomData,
+        }
+    }
+
+    /// Keeps a flight's value for `ttl` after it ends: calls within it get
+    /// the value ([`Source::Memo`](crate::Source::Memo)) without running the
+    /// work. Failures (see [`Builder::failure_if`]) are kept only with
+    /// [`Builder::negative_ttl`].
+    ///
+    /// The memo is a bounded [`quick_cache`] cache ([`Builder::capacity`]
+    /// entries, default 10,000); expiry is checked on read, on the group's
+    /// clock.
+    pub fn memo(mut self, ttl: Duration) -> Self {
+        self.settings.ttl = Some(ttl);
+        self
+    }
+
+    /// The memo's capacity in entries (default 10,000); past it the cache
+    /// evicts (S3-FIFO-like, keeping the often-hit keys).
+    pub fn capacity(mut self, entries: usize) -> Self {
+        self.settings.capacity = entries;
+        self
+    }
+
+    /// Keeps failures in the memo for `ttl` (usually shorter than the memo's
+    /// TTL). Without it, failures are not memoised.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Which values are failures, for the negative TTL and the error policy.
+    /// For `T = Result<_, _>` pass `Result::is_err`. Without it no value is a
+    /// failure.
+    pub fn failure_if(mut self, is_failure: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
+        self.settings.failure = Some(Arc::new(is_failure));
+        self
+    }
+
+    /// What the waiting callers of a failed flight get (default
+    /// [`ErrorPolicy::Share`]). `RetryOnce` needs [`Builder::failure_if`].
+    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.settings.error_policy = policy;
+        self
+    }
+
+    /// How long [`Group::call_checked`] waits for another caller's flight
+    /// before it returns [`Error::Timeout`](crate::Error::Timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = Some(timeout);
+        self
+    }
+
+    /// At most `max` callers wait on one flight; the next ones do as
+    /// `overflow` says.
+    pub fn max_waiters(mut self, max: usize, overflow: Overflow) -> Self {
+        self.settings.cap = Some((max, overflow));
+        self
+    }
+
+    /// Counts calls, executions, shared results, memo hits, timeouts, panics,
+    /// flights and waiters, readable with [`Group::stats`] and, with the
+    /// `metrics` feature, through the `metrics` facade labelled
+    /// `group = name` (install the recorder before building the group).
+    pub fn metrics(mut self, name: impl Into<String>) -> Self {
+        self.settings.metrics = Some(name.into());
+        self
+    }
+
+    /// The clock of the memo's expiry (default [`SystemClock`](crate::policy::SystemClock)).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.settings.clock = Some(Arc::new(clock));
+        self
+    }
+}
+
+impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
+    /// The group.
+    pub fn build(self) -> Group<K, T, S> {
+        let mut group = Group::with_hasher(self.hasher);
+        group.policy = self.settings.build(Time::System, false);
+        group
+    }
+}
+
+impl<K, T, S> fmt::Debug for Builder<K, T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}

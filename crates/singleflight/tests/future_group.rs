@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
+use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{AbortHandle, Abortable};
-use futures::StreamExt;
 use singleflight::future::Group;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -25,7 +25,10 @@ struct Exec {
 
 impl Exec {
     /// Spawns `fut`; the returned future completes with its output.
-    fn spawn<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> BoxFuture<T> {
+    fn spawn<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> BoxFuture<T> {
         let (tx, rx) = oneshot::channel();
         let task = (self.spawn)(Box::pin(async move {
             drop(tx.send(fut.await));
@@ -116,7 +119,10 @@ impl Probe {
     }
 }
 
-fn gate<T: Clone>() -> (oneshot::Sender<T>, futures::future::Shared<oneshot::Receiver<T>>) {
+fn gate<T: Clone>() -> (
+    oneshot::Sender<T>,
+    futures::future::Shared<oneshot::Receiver<T>>,
+) {
     let (tx, rx) = oneshot::channel();
     (tx, rx.shared())
 }
@@ -158,14 +164,19 @@ async fn leader_aborted_mid_flight_followers_get_the_value(exec: Exec) {
     let (tx, mut rx) = mpsc::unbounded();
     let (abort_leader, leader) = {
         let (group, probe, gate) = (group.clone(), probe.clone(), gate.clone());
-        exec.spawn_abortable(joined(group.call("key".into(), move || probe.work(gate)), &tx))
+        exec.spawn_abortable(joined(
+            group.call("key".into(), move || probe.work(gate)),
+            &tx,
+        ))
     };
     until_joined(&mut rx, 1).await;
     let followers: Vec<_> = (0..FOLLOWERS)
         .map(|_| {
             let group = group.clone();
             exec.spawn(joined(
-                group.call("key".into(), || async { unreachable!("joined a running flight") }),
+                group.call("key".into(), || async {
+                    unreachable!("joined a running flight")
+                }),
                 &tx,
             ))
         })
@@ -181,7 +192,11 @@ async fn leader_aborted_mid_flight_followers_get_the_value(exec: Exec) {
         assert_eq!(out.value, 11);
         assert!(out.shared);
     }
-    assert_eq!(probe.runs(), 1, "the work was neither restarted nor run twice");
+    assert_eq!(
+        probe.runs(),
+        1,
+        "the work was neither restarted nor run twice"
+    );
     assert_eq!(probe.drops(), 1);
     assert!(group.is_empty());
 }
@@ -195,7 +210,10 @@ async fn every_caller_aborted_cancels_the_work_and_frees_the_key(exec: Exec) {
     let callers: Vec<_> = (0..CALLERS)
         .map(|_| {
             let (group, probe, gate) = (group.clone(), probe.clone(), gate.clone());
-            exec.spawn_abortable(joined(group.call("key".into(), move || probe.work(gate)), &tx))
+            exec.spawn_abortable(joined(
+                group.call("key".into(), move || probe.work(gate)),
+                &tx,
+            ))
         })
         .collect();
     until_joined(&mut rx, CALLERS).await;
@@ -275,7 +293,11 @@ async fn thousand_cancelled_calls_leave_the_group_empty(exec: Exec) {
         assert!(call.await.is_none());
     }
     assert!(group.is_empty());
-    assert_eq!(probe.runs(), probe.drops(), "every started work was dropped");
+    assert_eq!(
+        probe.runs(),
+        probe.drops(),
+        "every started work was dropped"
+    );
 }
 
 async fn forget_mid_flight_gives_waiters_the_old_value_and_newcomers_a_new_flight(exec: Exec) {
@@ -286,21 +308,30 @@ async fn forget_mid_flight_gives_waiters_the_old_value_and_newcomers_a_new_fligh
     let probe = Probe::default();
     let old_leader = {
         let (group, probe) = (group.clone(), probe.clone());
-        exec.spawn(joined(group.call("key".into(), move || probe.work(old_gate)), &tx))
+        exec.spawn(joined(
+            group.call("key".into(), move || probe.work(old_gate)),
+            &tx,
+        ))
     };
     let old_follower = exec.spawn(joined(group.call("key".into(), || async { "never" }), &tx));
     until_joined(&mut rx, 2).await;
     assert!(group.forget("key"));
     let new_leader = {
         let (group, probe) = (group.clone(), probe.clone());
-        exec.spawn(joined(group.call("key".into(), move || probe.work(new_gate)), &tx))
+        exec.spawn(joined(
+            group.call("key".into(), move || probe.work(new_gate)),
+            &tx,
+        ))
     };
     until_joined(&mut rx, 1).await;
     assert_eq!(group.len(), 2);
     old_open.send("old").unwrap();
     assert_eq!(old_leader.await.value, "old");
     assert_eq!(old_follower.await.value, "old");
-    assert!(group.contains("key"), "the old flight removed only its own entry");
+    assert!(
+        group.contains("key"),
+        "the old flight removed only its own entry"
+    );
     let late = exec.spawn(joined(group.call("key".into(), || async { "third" }), &tx));
     until_joined(&mut rx, 1).await;
     new_open.send("new").unwrap();
@@ -329,7 +360,9 @@ async fn different_keys_run_in_parallel_and_work_may_call_another_key(exec: Exec
     assert_eq!(a.await.value + b.await.value, 3);
     let inner = group.clone();
     let nested = group
-        .call("outer", move || async move { inner.call("inner", || async { 40 }).await.value + 2 })
+        .call("outer", move || async move {
+            inner.call("inner", || async { 40 }).await.value + 2
+        })
         .await;
     assert_eq!(nested.value, 42);
     assert!(group.is_empty());

@@ -72,7 +72,8 @@ impl Wake for Flag {
     }
 }
 
-type Call = TryCall<u8, u64, std::collections::hash_map::RandomState, Box<dyn FnOnce() -> Work + Send>>;
+type Call =
+    TryCall<u8, u64, std::collections::hash_map::RandomState, Box<dyn FnOnce() -> Work + Send>>;
 
 struct Caller {
     key: u8,
@@ -133,16 +134,29 @@ impl Harness {
     }
 
     fn call(&mut self, key: u8) -> Result<(), TestCaseError> {
-        let (next, drops, started) = (self.next_exec.clone(), self.drops.clone(), self.started.clone());
+        let (next, drops, started) = (
+            self.next_exec.clone(),
+            self.drops.clone(),
+            self.started.clone(),
+        );
         let make: Box<dyn FnOnce() -> Work + Send> = Box::new(move || {
             let id = next.fetch_add(1, Ordering::SeqCst) as u64;
             let gate = Arc::new(Mutex::new(GateState::default()));
             started.lock().unwrap().push((id, gate.clone()));
-            Work { id, gate, _dropped: DropCount(drops) }
+            Work {
+                id,
+                gate,
+                _dropped: DropCount(drops),
+            }
         });
         let call = Box::pin(self.group.try_call(key, make));
         let index = self.callers.len();
-        self.callers.push(Some(Caller { key, call, flag: Arc::default(), expected: None }));
+        self.callers.push(Some(Caller {
+            key,
+            call,
+            flag: Arc::default(),
+            expected: None,
+        }));
         // The first poll is where a call joins or starts its flight.
         self.poll(index)
     }
@@ -166,7 +180,10 @@ impl Harness {
         if first {
             let expected = match self.live.get(&key) {
                 Some(&live) => {
-                    prop_assert!(new.is_empty(), "a call joined a live flight yet started work");
+                    prop_assert!(
+                        new.is_empty(),
+                        "a call joined a live flight yet started work"
+                    );
                     live
                 }
                 None => {
@@ -191,7 +208,11 @@ impl Harness {
         Ok(())
     }
 
-    fn check(&mut self, caller: Caller, result: Result<Outcome<u64>, Panicked>) -> Result<(), TestCaseError> {
+    fn check(
+        &mut self,
+        caller: Caller,
+        result: Result<Outcome<u64>, Panicked>,
+    ) -> Result<(), TestCaseError> {
         let expected = caller.expected.unwrap();
         // The flight has ended: nobody joins it any more.
         if self.live.get(&caller.key) == Some(&expected) {
@@ -200,7 +221,9 @@ impl Harness {
         *self.callers_of.get_mut(&expected).unwrap() -= 1;
         match (self.endings.get(&expected), result) {
             (Some(Ending::Value), Ok(out)) => prop_assert_eq!(out.value, expected),
-            (Some(Ending::Panic), Err(err)) => prop_assert_eq!(err.message(), format!("exec {expected}")),
+            (Some(Ending::Panic), Err(err)) => {
+                prop_assert_eq!(err.message(), format!("exec {expected}"))
+            }
             (ending, result) => {
                 return Err(TestCaseError::fail(format!(
                     "execution {expected} ended {ending:?} but its caller got {:?}",
@@ -250,7 +273,9 @@ impl Harness {
     }
 
     fn live_index(&self, pick: usize) -> Option<usize> {
-        let live: Vec<_> = (0..self.callers.len()).filter(|&i| self.callers[i].is_some()).collect();
+        let live: Vec<_> = (0..self.callers.len())
+            .filter(|&i| self.callers[i].is_some())
+            .collect();
         (!live.is_empty()).then(|| live[pick % live.len()])
     }
 
@@ -276,7 +301,11 @@ impl Harness {
             }
         }
         let stuck: Vec<_> = self.callers.iter().flatten().map(|c| c.expected).collect();
-        prop_assert!(stuck.is_empty(), "callers never woken: waiting on {:?}", stuck);
+        prop_assert!(
+            stuck.is_empty(),
+            "callers never woken: waiting on {:?}",
+            stuck
+        );
         Ok(())
     }
 }

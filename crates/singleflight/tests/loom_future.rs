@@ -127,7 +127,9 @@ fn driver_leaves_while_a_follower_waits() {
         };
         let stayer = {
             let (group, gate, counts) = (group.clone(), gate.clone(), counts.clone());
-            thread::spawn(move || loom::future::block_on(group.call(1, gated_work(gate, counts, 9))))
+            thread::spawn(move || {
+                loom::future::block_on(group.call(1, gated_work(gate, counts, 9)))
+            })
         };
         gate.open();
         let left = leaver.join().unwrap();
@@ -136,7 +138,11 @@ fn driver_leaves_while_a_follower_waits() {
         assert_eq!(stayed.value, 9);
         let runs = counts.runs.load(Ordering::SeqCst);
         assert!(runs == 1 || runs == 2, "runs: {runs}");
-        assert_eq!(counts.drops.load(Ordering::SeqCst), runs, "every work dropped");
+        assert_eq!(
+            counts.drops.load(Ordering::SeqCst),
+            runs,
+            "every work dropped"
+        );
         assert!(group.is_empty());
     });
 }
@@ -170,7 +176,11 @@ fn last_caller_leaves_while_a_new_caller_joins() {
             4 => assert_eq!(runs, 2),
             other => panic!("unexpected value {other}"),
         }
-        assert_eq!(counts.drops.load(Ordering::SeqCst), runs, "every work dropped");
+        assert_eq!(
+            counts.drops.load(Ordering::SeqCst),
+            runs,
+            "every work dropped"
+        );
         assert!(group.is_empty());
     });
 }

@@ -224,7 +224,9 @@ fn try_call_hands_a_panic_over_as_an_error() {
         .unwrap_err();
     assert_eq!(err.message(), "formatted 42");
     assert_eq!(
-        err.into_payload().downcast_ref::<String>().map(String::as_str),
+        err.into_payload()
+            .downcast_ref::<String>()
+            .map(String::as_str),
         Some("formatted 42")
     );
     assert_eq!(group.try_call("key", || 3).unwrap().value, 3);
@@ -342,7 +344,9 @@ fn a_panicking_clone_hurts_only_its_own_caller() {
         let group = group.clone();
         thread::Builder::new()
             .name("fragile".into())
-            .spawn(move || panic::catch_unwind(AssertUnwindSafe(|| group.call("key", || Fragile(0)))))
+            .spawn(move || {
+                panic::catch_unwind(AssertUnwindSafe(|| group.call("key", || Fragile(0))))
+            })
             .unwrap()
     };
     let sturdy = {

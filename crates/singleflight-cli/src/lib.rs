@@ -1,1 +1,196 @@
-//! The `singleflight` command line (work in progress).
+//! The `singleflight` command line: the article's demo server, a slow
+//! upstream, a one-command demo, a load tool and a coalescing proxy.
+//!
+//! `main.rs` only parses a [`Cli`] and calls [`run`]; tests build the same
+//! options with `Cli::parse_from` and drive the servers in-process.
+//!
+//! # Examples
+//!
+//! ```
+//! use clap::Parser;
+//! use singleflight_cli::{Cli, Command};
+//!
+//! let cli = Cli::parse_from(["singleflight", "demo", "--clients", "10", "--delay", "100ms"]);
+//! assert!(matches!(cli.command, Command::Demo(_)));
+//! ```
+
+use std::fmt;
+use std::io;
+
+use clap::{Parser, Subcommand};
+
+mod args;
+pub mod demo;
+pub mod load;
+mod net;
+mod plot;
+mod prom;
+pub mod serve;
+mod stats;
+pub mod upstream;
+
+pub use args::{HttpUrl, parse_duration, parse_http_url, parse_listen};
+pub use net::Server;
+pub use prom::read_metric;
+
+/// Request coalescing, shown and measured: run `singleflight demo` first.
+#[derive(Parser, Debug)]
+#[command(name = "singleflight", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+#[non_exhaustive]
+pub enum Command {
+    /// A slow upstream that counts the requests it serves (`upstream_requests_total` on /metrics).
+    Upstream(upstream::UpstreamOpts),
+    /// The article's server: /normal calls the upstream every time, /singleflight shares calls.
+    Serve(serve::ServeOpts),
+    /// The article's experiment end to end: same load on /normal and /singleflight, a table and a plot.
+    Demo(demo::DemoOpts),
+    /// Sends requests to URLs and reports latency percentiles and status counts.
+    Load(load::LoadOpts),
+}
+
+/// Input the user can fix (a bad flag value, a busy port, an unreachable
+/// upstream): the binary exits with code 2.
+#[derive(Debug)]
+pub struct BadInput(String);
+
+impl BadInput {
+    /// A message that names the thing and the fix.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for BadInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// The exit code for an error returned by [`run`]: 2 for bad input, 1 otherwise.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.chain().any(|e| e.is::<BadInput>()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Whether the error is a closed stdout (`singleflight load ... | head`): not a failure.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Prints a command-line parse error and returns its exit code: help and
+/// version go to stdout with 0; an error is one line on stderr with 2.
+pub fn exit_on_clap_error(error: &clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            std::process::ExitCode::from(if error.use_stderr() { 2 } else { 0 })
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: bad arguments");
+            eprintln!("{first} (see --help)");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a subcommand to completion (servers: until Ctrl-C or SIGTERM).
+///
+/// # Errors
+///
+/// Bad input ([`BadInput`], exit code 2) or a failure while running.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Load(_));
+    init_logging(quiet);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
+    runtime.block_on(run_async(cli))
+}
+
+/// [`run`] inside an existing runtime (what tests call).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_async(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Upstream(opts) => {
+            let server = upstream::start(&opts).await?;
+            tracing::info!(
+                "upstream listening on {} (delay {:?}, status {}); counter upstream_requests_total on /metrics",
+                server.url(),
+                opts.delay,
+                opts.status
+            );
+            server
+                .run_until_signal("upstream", opts.shutdown_timeout)
+                .await
+        }
+        Command::Serve(opts) => {
+            let running = serve::start(&opts).await?;
+            match &running.upstream {
+                Some(_) => tracing::info!(
+                    "serve listening on {} (GET /normal, /singleflight, /metrics, /healthz); embedded upstream {} with delay {:?}",
+                    running.server.url(),
+                    running.upstream_url,
+                    opts.delay
+                ),
+                None => tracing::info!(
+                    "serve listening on {} (GET /normal, /singleflight, /metrics, /healthz); upstream {}",
+                    running.server.url(),
+                    running.upstream_url
+                ),
+            }
+            net::shutdown_signal().await;
+            tracing::info!(
+                "serve: shutting down, finishing requests in flight (at most {:?})",
+                opts.shutdown_timeout
+            );
+            running.shutdown(opts.shutdown_timeout).await;
+            Ok(())
+        }
+        Command::Demo(opts) => demo::run(&opts).await.map(|_| ()),
+        Command::Load(opts) => load::run(&opts).await.map(|_| ()),
+    }
+}
+
+fn init_logging(quiet: bool) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = if quiet {
+        LevelFilter::WARN
+    } else {
+        LevelFilter::INFO
+    };
+    let ansi = io::IsTerminal::is_terminal(&io::stderr());
+    // Already set (a test calling run twice): keep the first.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
+}

@@ -1,2 +1,24 @@
-//! The `singleflight` binary.
-fn main() {}
+//! The `singleflight` binary: parses the command line and hands it to
+//! [`singleflight_cli::run`]; everything else lives in the library so tests can
+//! drive it in-process.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match singleflight_cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return singleflight_cli::exit_on_clap_error(&e),
+    };
+    match singleflight_cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if singleflight_cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, the whole cause chain: what failed and how to fix it.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::from(singleflight_cli::exit_code(&e))
+        }
+    }
+}

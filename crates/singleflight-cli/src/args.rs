@@ -1,0 +1,120 @@
+//! Value parsers shared by the subcommands: durations, listen addresses and
+//! upstream URLs, each with an error message that says what was expected.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Uri;
+
+/// Parses a duration such as `250ms`, `1s`, `1.5s`, `2m`, `500us` or `0`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(singleflight_cli::parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(singleflight_cli::parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+/// assert!(singleflight_cli::parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected = || format!("'{text}' is not a duration; write it like 250ms, 1s, 1.5s or 2m");
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(expected)?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| expected())?;
+    let seconds_per_unit = match unit {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(expected()),
+    };
+    Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| expected())
+}
+
+/// Parses a listen address such as `127.0.0.1:8080` or `[::1]:0`.
+///
+/// # Examples
+///
+/// ```
+/// assert!(singleflight_cli::parse_listen("127.0.0.1:0").is_ok());
+/// assert!(singleflight_cli::parse_listen("localhost").is_err());
+/// ```
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("'{text}' is not a listen address; write it as IP:PORT, like 127.0.0.1:8080")
+    })
+}
+
+/// An `http://` URL with a host, as the upstream of `serve`, `proxy` and `load`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl(Uri);
+
+impl HttpUrl {
+    /// The URL as an [`http::Uri`].
+    pub fn uri(&self) -> &Uri {
+        &self.0
+    }
+
+    /// `host:port`, the port defaulting to 80.
+    pub fn host_port(&self) -> String {
+        let authority = self.0.authority().map(|a| a.as_str()).unwrap_or_default();
+        if self.0.port().is_some() {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        }
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Parses an `http://HOST:PORT/path` URL (plain HTTP: the tools talk to local services).
+///
+/// # Examples
+///
+/// ```
+/// let url = singleflight_cli::parse_http_url("http://127.0.0.1:8081/status").unwrap();
+/// assert_eq!(url.host_port(), "127.0.0.1:8081");
+/// assert!(singleflight_cli::parse_http_url("127.0.0.1:8081").is_err());
+/// assert!(singleflight_cli::parse_http_url("ftp://example").is_err());
+/// ```
+pub fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
+    let bad = || format!("'{text}' is not an http URL; write it like http://127.0.0.1:8081/status");
+    let uri: Uri = text.parse().map_err(|_| bad())?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+        return Err(bad());
+    }
+    let uri = if uri.path_and_query().is_none() {
+        let mut parts = uri.into_parts();
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        Uri::from_parts(parts).map_err(|_| bad())?
+    } else {
+        uri
+    };
+    Ok(HttpUrl(uri))
+}
+
+/// Formats a duration compactly for tables and logs: `812µs`, `1.004s`, `37.2ms`.
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    let micros = d.as_secs_f64() * 1e6;
+    if micros < 1000.0 {
+        format!("{micros:.0}µs")
+    } else if micros < 1e6 {
+        format!("{:.1}ms", micros / 1e3)
+    } else {
+        format!("{:.3}s", micros / 1e6)
+    }
+}

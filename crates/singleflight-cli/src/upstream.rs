@@ -1,0 +1,139 @@
+//! `singleflight upstream`: a slow upstream that counts what it serves.
+//!
+//! Every path but `/metrics` and `/healthz` waits `--delay` (plus up to
+//! `--jitter`), counts the request in `upstream_requests_total` and answers
+//! `--status` with a `--body-bytes` body. It is the embedded upstream of
+//! `serve` and `demo`, so nothing outside this machine is needed.
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use clap::Args;
+use metrics::Counter;
+
+use crate::BadInput;
+use crate::args::{parse_duration, parse_listen};
+use crate::net::{Server, bind};
+use crate::prom::Registry;
+
+/// Options of `singleflight upstream`.
+#[derive(Args, Clone, Debug)]
+pub struct UpstreamOpts {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8081", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// How long each request takes before it is answered.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// A random extra delay, uniform between zero and this.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub jitter: Duration,
+    /// The HTTP status code to answer with.
+    #[arg(long, default_value_t = 200)]
+    pub status: u16,
+    /// The size of the response body in bytes (default: a short "ok").
+    #[arg(long)]
+    pub body_bytes: Option<usize>,
+    /// How long to wait for requests in flight on shutdown.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl UpstreamOpts {
+    /// Options for an embedded upstream on a free loopback port.
+    pub fn embedded(delay: Duration) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            delay,
+            jitter: Duration::ZERO,
+            status: 200,
+            body_bytes: None,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Upstream {
+    delay: Duration,
+    jitter: Duration,
+    status: StatusCode,
+    body: Bytes,
+    requests: Counter,
+    registry: Registry,
+    random: RandomState,
+}
+
+/// Starts the upstream; it serves until the returned [`Server`] is shut down.
+///
+/// # Errors
+///
+/// A status code out of range, or an address that cannot be listened on.
+pub async fn start(opts: &UpstreamOpts) -> anyhow::Result<Server> {
+    let status = StatusCode::from_u16(opts.status).map_err(|_| {
+        BadInput::new(format!(
+            "--status {} is not an HTTP status code; use one from 100 to 999",
+            opts.status
+        ))
+    })?;
+    let body = match opts.body_bytes {
+        None => Bytes::from_static(b"ok\n"),
+        Some(n) => Bytes::from(vec![b'.'; n]),
+    };
+    let registry = Registry::new();
+    let requests = registry.counter(
+        "upstream_requests_total",
+        "Requests served by the upstream (not /metrics nor /healthz).",
+        &[],
+    );
+    let state = Arc::new(Upstream {
+        delay: opts.delay,
+        jitter: opts.jitter,
+        status,
+        body,
+        requests,
+        registry,
+        random: RandomState::new(),
+    });
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(answer)
+        .with_state(state);
+    let listener = bind(opts.listen, "--listen").await?;
+    Server::spawn(listener, router)
+}
+
+async fn answer(State(up): State<Arc<Upstream>>) -> Response {
+    // Counted on arrival: every request that reached the upstream costs it work.
+    up.requests.increment(1);
+    let mut delay = up.delay;
+    if !up.jitter.is_zero() {
+        // A fresh hash per request is a cheap uniform draw; no crypto needed.
+        let draw = up.random.hash_one(std::time::Instant::now()) as f64 / u64::MAX as f64;
+        delay += up.jitter.mul_f64(draw);
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    (
+        up.status,
+        [(header::CONTENT_TYPE, "text/plain")],
+        up.body.clone(),
+    )
+        .into_response()
+}
+
+async fn metrics(State(up): State<Arc<Upstream>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        up.registry.render(),
+    )
+}

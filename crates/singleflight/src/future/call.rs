@@ -14,8 +14,9 @@ use super::flight::{Flight, Work};
 use super::group::{Inner, Joined};
 use crate::loom::lock;
 use crate::loom::sync::Arc;
+use crate::policy::{MetricEvent as Event, MetricGauge as Gauge};
 use crate::settle::received;
-use crate::{Outcome, Panicked};
+use crate::{Error, Outcome, Panicked, Source};
 
 /// The work of a flight, owned by the caller that drives it.
 pub(crate) struct Lead<T> {
@@ -27,11 +28,7 @@ pub(crate) struct Lead<T> {
 impl<T> Lead<T> {
     /// Polls the work, catching a panic as the flight's result.
     pub(crate) fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<std::thread::Result<T>> {
-        match panic::catch_unwind(AssertUnwindSafe(|| self.work.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Err(payload) => Poll::Ready(Err(payload)),
-        }
+        poll_caught(&mut self.work, cx)
     }
 }
 
@@ -48,10 +45,12 @@ enum Waited<T> {
     Ended(Result<Outcome<T>, Panicked>),
     /// The driver left; the work is ours to drive now.
     Promoted(Work<T>),
+    /// The driver's work failed (`RetryOnce`): ours runs as the retry.
+    Retry,
 }
 
 impl<T: Clone> Follow<T> {
-    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Waited<T>> {
+    fn poll_wait(&mut self, cx: &mut Context<'_>, can_retry: bool) -> Poll<Waited<T>> {
         let mut state = lock(&self.flight.state);
         if let Some(result) = &state.result {
             let result = result.clone();
@@ -64,6 +63,13 @@ impl<T: Clone> Follow<T> {
             }
             return Poll::Ready(Waited::Promoted(work));
         }
+        if can_retry && state.retry {
+            state.retry = false;
+            if let Some(waiter) = self.waiter.take() {
+                state.waiters.try_remove(waiter);
+            }
+            return Poll::Ready(Waited::Retry);
+        }
         match self.waiter.and_then(|waiter| state.waiters.get_mut(waiter)) {
             Some(waker) => waker.clone_from(cx.waker()),
             None => self.waiter = Some(state.waiters.insert(cx.waker().clone())),
@@ -73,9 +79,15 @@ impl<T: Clone> Follow<T> {
 }
 
 enum Step<K, T, F> {
-    Start { key: K, make: F },
+    Start {
+        key: K,
+        make: F,
+    },
     Lead(Lead<T>),
-    Follow(Follow<T>),
+    /// Waiting; keeps `make` when the group may ask it for a retry.
+    Follow(Follow<T>, Option<F>),
+    /// Past the waiter cap, running its own work alone.
+    Own(Work<T>),
     Done,
 }
 
@@ -119,6 +131,116 @@ where
     }
 }
 
+impl<K, T, S, F, Fut> TryCall<K, T, S, F>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    /// Counts `event`, if the group has metrics on.
+    pub(crate) fn count(&self, event: Event) {
+        self.inner.count(event);
+    }
+
+    /// Drives the call; every way it can end without a value is an `Error`.
+    pub(crate) fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome<T>, Error>> {
+        let result = ready!(self.poll_steps(cx));
+        if let Some(policy) = &self.inner.policy
+            && let Ok(outcome) = &result
+            && outcome.shared
+            && outcome.source == Source::Flight
+        {
+            policy.count(Event::Shared);
+        }
+        Poll::Ready(result)
+    }
+
+    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome<T>, Error>> {
+        loop {
+            match &mut self.step {
+                Step::Start { .. } => {
+                    let Step::Start { key, make } = mem::replace(&mut self.step, Step::Done) else {
+                        unreachable!("matched Start just above");
+                    };
+                    match self.inner.join(key, make) {
+                        Joined::Lead(lead) => self.step = Step::Lead(lead),
+                        Joined::Follow {
+                            flight,
+                            hash,
+                            id,
+                            make,
+                        } => {
+                            let follow = Follow {
+                                flight,
+                                hash,
+                                id,
+                                waiter: None,
+                            };
+                            self.step = Step::Follow(follow, make);
+                        }
+                        Joined::Own(work) => self.step = Step::Own(work),
+                        Joined::Failed(result) => return Poll::Ready(result.map_err(Error::from)),
+                        Joined::Ready(result) => return Poll::Ready(result),
+                    }
+                }
+                Step::Lead(lead) => {
+                    let result = ready!(lead.poll_work(cx));
+                    let Step::Lead(lead) = mem::replace(&mut self.step, Step::Done) else {
+                        unreachable!("matched Lead just above");
+                    };
+                    let (hash, id) = (lead.hash, lead.id);
+                    // The work's destructors run before anyone sees its result.
+                    drop(lead);
+                    return Poll::Ready(self.inner.finish(hash, id, result).map_err(Error::from));
+                }
+                Step::Own(work) => {
+                    let result = ready!(poll_caught(work, cx));
+                    self.step = Step::Done;
+                    return Poll::Ready(match result {
+                        Ok(value) => Ok(Outcome::from(value, false, Source::Bypass)),
+                        Err(payload) => {
+                            self.inner.count(Event::Panic);
+                            Err(Panicked::leader(payload).into())
+                        }
+                    });
+                }
+                Step::Follow(follow, make) => {
+                    let waited = ready!(follow.poll_wait(cx, make.is_some()));
+                    let (hash, id) = (follow.hash, follow.id);
+                    let make = make.take();
+                    self.step = Step::Done;
+                    self.inner.gauge(Gauge::Waiters, -1);
+                    match waited {
+                        Waited::Ended(result) => return Poll::Ready(result.map_err(Error::from)),
+                        Waited::Promoted(work) => self.step = Step::Lead(Lead { work, hash, id }),
+                        Waited::Retry => {
+                            let Some(make) = make else {
+                                unreachable!("a retry is claimed only with `make` at hand");
+                            };
+                            match self.inner.make_work(make, hash, id) {
+                                Ok(lead) => self.step = Step::Lead(lead),
+                                Err(result) => return Poll::Ready(result.map_err(Error::from)),
+                            }
+                        }
+                    }
+                }
+                Step::Done => panic!("`TryCall` polled after it completed"),
+            }
+        }
+    }
+}
+
+/// Polls `work`, catching a panic.
+fn poll_caught<T>(work: &mut Work<T>, cx: &mut Context<'_>) -> Poll<std::thread::Result<T>> {
+    match panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+        Err(payload) => Poll::Ready(Err(payload)),
+    }
+}
+
 impl<K, T, S, F, Fut> Future for TryCall<K, T, S, F>
 where
     K: Hash + Eq + Send + 'static,
@@ -130,48 +252,13 @@ where
     type Output = Result<Outcome<T>, Panicked>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        loop {
-            match &mut this.step {
-                Step::Start { .. } => {
-                    let Step::Start { key, make } = mem::replace(&mut this.step, Step::Done) else {
-                        unreachable!("matched Start just above");
-                    };
-                    match this.inner.join(key, make) {
-                        Joined::Lead(lead) => this.step = Step::Lead(lead),
-                        Joined::Follow { flight, hash, id } => {
-                            this.step = Step::Follow(Follow {
-                                flight,
-                                hash,
-                                id,
-                                waiter: None,
-                            });
-                        }
-                        Joined::Failed(result) => return Poll::Ready(result),
-                    }
-                }
-                Step::Lead(lead) => {
-                    let result = ready!(lead.poll_work(cx));
-                    let Step::Lead(lead) = mem::replace(&mut this.step, Step::Done) else {
-                        unreachable!("matched Lead just above");
-                    };
-                    let (hash, id) = (lead.hash, lead.id);
-                    // The work's destructors run before anyone sees its result.
-                    drop(lead);
-                    return Poll::Ready(this.inner.finish(hash, id, result));
-                }
-                Step::Follow(follow) => match ready!(follow.poll_wait(cx)) {
-                    Waited::Ended(result) => {
-                        this.step = Step::Done;
-                        return Poll::Ready(result);
-                    }
-                    Waited::Promoted(work) => {
-                        let (hash, id) = (follow.hash, follow.id);
-                        this.step = Step::Lead(Lead { work, hash, id });
-                    }
-                },
-                Step::Done => panic!("`TryCall` polled after it completed"),
+        match ready!(self.get_mut().poll_checked(cx)) {
+            Ok(outcome) => Poll::Ready(Ok(outcome)),
+            Err(Error::Panicked(panicked)) => Poll::Ready(Err(panicked)),
+            Err(Error::TooManyWaiters) => {
+                panic!("singleflight: too many waiters on this key (use `call_checked`)")
             }
+            Err(error) => unreachable!("`try_call` has no deadline, yet: {error}"),
         }
     }
 }
@@ -184,9 +271,10 @@ where
 {
     fn drop(&mut self) {
         match mem::replace(&mut self.step, Step::Done) {
-            Step::Start { .. } | Step::Done => {}
+            Step::Start { .. } | Step::Done | Step::Own(_) => {}
             Step::Lead(lead) => self.inner.abandon(lead, true),
-            Step::Follow(follow) => {
+            Step::Follow(follow, _) => {
+                self.inner.gauge(Gauge::Waiters, -1);
                 self.inner
                     .leave(&follow.flight, follow.hash, follow.id, follow.waiter);
             }
@@ -204,7 +292,8 @@ where
         let step = match self.step {
             Step::Start { .. } => "start",
             Step::Lead(_) => "driving",
-            Step::Follow(_) => "waiting",
+            Step::Follow(..) => "waiting",
+            Step::Own(_) => "bypassing",
             Step::Done => "done",
         };
         f.debug_struct("TryCall").field("step", &step).finish()

@@ -13,6 +13,9 @@
 //   polled afterwards takes it and becomes the driver.
 // - `result` is set once; at that moment `waiters` is emptied and every
 //   waker in it is woken. Nothing reads `waiters` after that.
+// - `retry` (policy `RetryOnce`) is set when the driver's work failed and it
+//   left: like `orphan`, the first follower polled afterwards clears it and
+//   drives a new work of its own on the same slot.
 // - Lock order: the group's table, then a flight's state.
 
 use std::future::Future;
@@ -38,6 +41,7 @@ pub(crate) struct State<T> {
     /// Wakers of the followers waiting for the result.
     pub(crate) waiters: Slab<Waker>,
     pub(crate) orphan: Option<Work<T>>,
+    pub(crate) retry: bool,
     pub(crate) result: Option<Published<T>>,
 }
 
@@ -49,6 +53,7 @@ impl<T> Flight<T> {
                 callers: 1,
                 waiters: Slab::new(),
                 orphan: None,
+                retry: false,
                 result: None,
             }),
         }

@@ -17,12 +17,13 @@ use std::marker::PhantomData;
 use std::sync::Arc as StdArc;
 
 use super::call::{Call, Lead, TryCall};
-use super::flight::Flight;
+use super::flight::{Flight, Work};
 use super::spawn::{Detached, Spawn};
 use crate::loom::lock;
 use crate::loom::sync::{Arc, Mutex};
+use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Policies, Settings, Time};
 use crate::table::Table;
-use crate::{Outcome, Panicked};
+use crate::{Error, Outcome, Panicked};
 
 /// Coalesces concurrent async calls for the same key: the work runs once and
 /// every caller gets its result.
@@ -77,20 +78,30 @@ use crate::{Outcome, Panicked};
 ///
 /// prints eight times `status: 200 OK, shared: true`.
 pub struct Group<K, T, S = RandomState> {
-    inner: StdArc<Inner<K, T, S>>,
+    pub(super) inner: StdArc<Inner<K, T, S>>,
 }
 
 pub(crate) struct Inner<K, T, S> {
-    table: Mutex<Table<K, Arc<Flight<T>>>>,
-    hasher: S,
-    spawner: Option<StdArc<dyn Spawn>>,
+    pub(super) table: Mutex<Table<K, Arc<Flight<T>>>>,
+    pub(super) hasher: S,
+    pub(super) spawner: Option<StdArc<dyn Spawn>>,
+    /// `None` unless the builder turned a policy on: the plain path pays one
+    /// branch on it per call.
+    pub(crate) policy: Option<Box<Policies<K, T>>>,
 }
 
 impl<K, T> Group<K, T, RandomState> {
     /// An empty group with the standard hasher, whose flights are cancelled
     /// when their last caller is dropped.
     pub fn new() -> Self {
-        Self::builder().build()
+        Self {
+            inner: StdArc::new(Inner {
+                table: Mutex::new(Table::new()),
+                hasher: RandomState::new(),
+                spawner: None,
+                policy: None,
+            }),
+        }
     }
 
     /// A builder for a group with other settings.
@@ -110,6 +121,7 @@ impl<K, T> Group<K, T, RandomState> {
         Builder {
             hasher: RandomState::new(),
             spawner: None,
+            settings: Settings::default(),
             _types: PhantomData,
         }
     }
@@ -268,6 +280,7 @@ impl<K, T, S> fmt::Debug for Group<K, T, S> {
 pub struct Builder<K, T, S> {
     hasher: S,
     spawner: Option<StdArc<dyn Spawn>>,
+    pub(super) settings: Settings<K, T>,
     _types: PhantomData<fn(K) -> T>,
 }
 
@@ -277,6 +290,7 @@ impl<K, T, S> Builder<K, T, S> {
         Builder {
             hasher,
             spawner: self.spawner,
+            settings: self.settings,
             _types: PhantomData,
         }
     }
@@ -303,39 +317,58 @@ impl<K, T, S> Builder<K, T, S> {
         self.spawner = Some(StdArc::new(spawner));
         self
     }
+}
 
+impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
     /// The group.
     pub fn build(self) -> Group<K, T, S> {
+        let policy = self.settings.build(default_time(), self.spawner.is_some());
         Group {
             inner: StdArc::new(Inner {
                 table: Mutex::new(Table::new()),
                 hasher: self.hasher,
                 spawner: self.spawner,
+                policy,
             }),
         }
     }
+}
+
+/// The async group's default clock: tokio's when it is there, so tests can
+/// pause time.
+fn default_time() -> Time {
+    #[cfg(feature = "tokio")]
+    return Time::Custom(StdArc::new(crate::policy::TokioClock));
+    #[cfg(not(feature = "tokio"))]
+    return Time::System;
 }
 
 impl<K, T, S> fmt::Debug for Builder<K, T, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("detached", &self.spawner.is_some())
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 /// Where a call stands after looking its key up.
-pub(crate) enum Joined<T> {
+pub(crate) enum Joined<T, F> {
     /// It started a new flight and drives its work.
     Lead(Lead<T>),
-    /// It joined the flight in progress.
+    /// It joined the flight in progress; keeps `make` for a retry.
     Follow {
         flight: Arc<Flight<T>>,
         hash: u64,
         id: u64,
+        make: Option<F>,
     },
+    /// Past the waiter cap: it runs its own work, alone.
+    Own(Work<T>),
     /// It started a new flight, but `make` panicked.
     Failed(Result<Outcome<T>, Panicked>),
+    /// Answered without a flight (memo), or refused.
+    Ready(Result<Outcome<T>, Error>),
 }
 
 impl<K, T, S> Inner<K, T, S>
@@ -345,11 +378,14 @@ where
     S: BuildHasher + Send + Sync + 'static,
 {
     /// Joins the flight for `key`, or starts one with `make`.
-    pub(crate) fn join<F, Fut>(&self, key: K, make: F) -> Joined<T>
+    pub(crate) fn join<F, Fut>(self: &StdArc<Self>, key: K, make: F) -> Joined<T, F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
+        if let Some(policy) = &self.policy {
+            return self.join_policed(policy, key, make);
+        }
         let hash = self.hasher.hash_one(&key);
         let mut table = lock(&self.table);
         if let Some(slot) = table.live_mut(hash, &key) {
@@ -360,16 +396,54 @@ where
             );
             lock(&flight.state).callers += 1;
             drop(table);
-            return Joined::Follow { flight, hash, id };
+            return Joined::Follow {
+                flight,
+                hash,
+                id,
+                make: None,
+            };
         }
         let id = table.insert(hash, key);
         drop(table);
-        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Box::pin(make()) as super::flight::Work<T>
-        }));
+        match self.make_work(make, hash, id) {
+            Ok(lead) => Joined::Lead(lead),
+            Err(result) => Joined::Failed(result),
+        }
+    }
+
+    /// Calls `make` for flight `id`; if it panics, ends the flight with it.
+    pub(crate) fn make_work<F, Fut>(
+        &self,
+        make: F,
+        hash: u64,
+        id: u64,
+    ) -> Result<Lead<T>, Result<Outcome<T>, Panicked>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        self.count(Event::Execution);
+        let made =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Box::pin(make()) as Work<T>));
         match made {
-            Ok(work) => Joined::Lead(Lead { work, hash, id }),
-            Err(payload) => Joined::Failed(self.finish(hash, id, Err(payload))),
+            Ok(work) => Ok(Lead { work, hash, id }),
+            Err(payload) => Err(self.finish(hash, id, Err(payload))),
+        }
+    }
+
+    /// Counts `event`, if metrics are on.
+    #[inline]
+    pub(crate) fn count(&self, event: Event) {
+        if let Some(policy) = &self.policy {
+            policy.count(event);
+        }
+    }
+
+    /// Moves `gauge` by `delta`, if metrics are on.
+    #[inline]
+    pub(crate) fn gauge(&self, gauge: Gauge, delta: i64) {
+        if let Some(policy) = &self.policy {
+            policy.gauge(gauge, delta);
         }
     }
 
@@ -381,6 +455,9 @@ where
         id: u64,
         result: std::thread::Result<T>,
     ) -> Result<Outcome<T>, Panicked> {
+        if let Some(policy) = &self.policy {
+            return self.finish_policed(policy, hash, id, result);
+        }
         let slot = lock(&self.table).remove(hash, id);
         let flight = slot.and_then(|slot| slot.flight);
         crate::settle::settle(result, flight.as_deref())
@@ -416,10 +493,7 @@ where
                 Some(spawner) if may_detach => {
                     drop(table);
                     let lead = Lead { work, hash, id };
-                    spawner.spawn(Detached::new(DetachedLead {
-                        inner: StdArc::clone(self),
-                        lead: Some(lead),
-                    }));
+                    spawner.spawn(Detached::new(DetachedLead::new(StdArc::clone(self), lead)));
                     return;
                 }
                 _ => {
@@ -427,6 +501,8 @@ where
                         lock(&flight.state).callers = 0;
                     }
                     removed = Some((table.remove(hash, id), work));
+                    self.count(Event::Cancellation);
+                    self.gauge(Gauge::Flights, -1);
                 }
             }
         }
@@ -455,9 +531,9 @@ where
         }
         state.callers -= 1;
         if state.callers > 0 {
-            // If the work is waiting for a follower to pick it up, we may have
-            // been the one woken for it: pass the turn on.
-            let heir = if state.orphan.is_some() {
+            // If the work (or a retry) is waiting for a follower to pick it
+            // up, we may have been the one woken for it: pass the turn on.
+            let heir = if state.orphan.is_some() || state.retry {
                 state.heir()
             } else {
                 None
@@ -469,8 +545,17 @@ where
             }
             return;
         }
-        // We were the last caller, so the driver is gone and the work orphaned.
+        // We were the last caller, so the driver is gone and the work orphaned
+        // (or a retry is open that nobody is left to run).
         let Some(work) = state.orphan.take() else {
+            if state.retry {
+                state.retry = false;
+                drop(state);
+                let removed = table.remove(hash, id);
+                drop(table);
+                self.gauge(Gauge::Flights, -1);
+                drop(removed);
+            }
             return;
         };
         if let Some(spawner) = &self.spawner {
@@ -478,22 +563,21 @@ where
             drop(state);
             drop(table);
             let lead = Lead { work, hash, id };
-            spawner.spawn(Detached::new(DetachedLead {
-                inner: StdArc::clone(self),
-                lead: Some(lead),
-            }));
+            spawner.spawn(Detached::new(DetachedLead::new(StdArc::clone(self), lead)));
             return;
         }
         drop(state);
         let removed = table.remove(hash, id);
         drop(table);
+        self.count(Event::Cancellation);
+        self.gauge(Gauge::Flights, -1);
         drop(removed);
         drop(work);
     }
 }
 
 /// A flight run by the spawner after its every caller was dropped.
-struct DetachedLead<K, T, S>
+pub(super) struct DetachedLead<K, T, S>
 where
     K: Hash + Eq + Send + 'static,
     T: Clone + Send + Sync + 'static,
@@ -501,6 +585,20 @@ where
 {
     inner: StdArc<Inner<K, T, S>>,
     lead: Option<Lead<T>>,
+}
+
+impl<K, T, S> DetachedLead<K, T, S>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    pub(super) fn new(inner: StdArc<Inner<K, T, S>>, lead: Lead<T>) -> Self {
+        Self {
+            inner,
+            lead: Some(lead),
+        }
+    }
 }
 
 impl<K, T, S> Future for DetachedLead<K, T, S>

@@ -5,11 +5,14 @@
 //! [`Builder::detach`]).
 
 mod call;
+mod deadline;
 mod flight;
 mod group;
+mod policy;
 mod spawn;
 
 pub use call::{Call, TryCall};
+pub use deadline::{Checked, Until};
 pub use group::{Builder, Group};
 #[cfg(feature = "tokio")]
 pub use spawn::TokioSpawner;

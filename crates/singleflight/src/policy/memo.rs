@@ -13,12 +13,12 @@
 //   `Drop` code never runs under the group's lock.
 
 use std::borrow::Borrow;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
-use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
+use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, UnitWeighter};
 
 /// A memoised value and when it stops being fresh and servable.
 #[derive(Clone)]
@@ -88,27 +88,92 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
     }
 }
 
-impl<K, T> Memo<K, T> {
-    /// Whether stale values are served (a grace period is set).
-    pub(crate) fn serves_stale(&self) -> bool {
-        !self.grace.is_zero()
+/// A borrowed form of a key, erased, for `invalidate(&Q)` through [`Store`].
+pub(crate) trait Probe<K> {
+    fn hash_into(&self, state: &mut dyn Hasher);
+    fn matches(&self, key: &K) -> bool;
+}
+
+/// A borrowed key `&Q`, sized, to be passed as a `&dyn Probe<K>`.
+pub(crate) struct Borrowed<'a, Q: ?Sized>(pub(crate) &'a Q);
+
+impl<K, Q> Probe<K> for Borrowed<'_, Q>
+where
+    K: Borrow<Q>,
+    Q: Hash + Eq + ?Sized,
+{
+    fn hash_into(&self, mut state: &mut dyn Hasher) {
+        self.0.hash(&mut state);
     }
 
-    /// The write count; read before a lookup, compared under the table lock.
-    #[inline]
-    pub(crate) fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Acquire)
+    fn matches(&self, key: &K) -> bool {
+        self.0 == key.borrow()
     }
 }
 
-impl<K: Hash + Eq, T: Clone> Memo<K, T> {
+/// Hashes and compares like the key it probes for (`Hasher` calls are
+/// forwarded one by one, so the hash is the key's own).
+struct Erased<'a, K>(&'a dyn Probe<K>);
+
+impl<K> Hash for Erased<'_, K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash_into(state);
+    }
+}
+
+impl<K> Equivalent<K> for Erased<'_, K> {
+    fn equivalent(&self, key: &K) -> bool {
+        self.0.matches(key)
+    }
+}
+
+/// The memo as a group holds it. A trait object, so that the group stays
+/// `Send + Sync` whatever its bounds say: one is only made (by builder
+/// methods bounded `K: Send + Sync`) where the memo is.
+pub(crate) trait Store<K, T>: Send + Sync {
     /// What the memo holds for `key` at `now`.
+    fn lookup(&self, key: &K, now: Instant) -> Lookup<T>;
+
+    /// Stores `value`, the result of a flight for `key` that ended at `now`
+    /// (cloned by the caller before locking). Call with the table lock held;
+    /// drop what it returns after releasing it.
+    fn store(&self, key: K, value: T, failure: bool, now: Instant) -> Dropped<K, T>;
+
+    /// Removes the entry for `key`. Call with the table lock held; drop what
+    /// it returns after releasing it.
+    fn remove(&self, key: &dyn Probe<K>) -> Option<(K, Entry<T>)>;
+
+    /// The write count; read before a lookup, compared under the table lock.
+    fn writes(&self) -> u64;
+}
+
+/// Makes the memo; captured by a builder method where `K: Send + Sync`.
+pub(crate) type MakeStore<K, T> =
+    fn(usize, Duration, Option<Duration>, Duration) -> Box<dyn Store<K, T>>;
+
+impl<K, T> Memo<K, T>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    /// A boxed memo; a [`MakeStore`].
+    pub(crate) fn boxed(
+        capacity: usize,
+        ttl: Duration,
+        negative_ttl: Option<Duration>,
+        grace: Duration,
+    ) -> Box<dyn Store<K, T>> {
+        Box::new(Self::new(capacity, ttl, negative_ttl, grace))
+    }
+}
+
+impl<K, T> Store<K, T> for Memo<K, T>
+where
+    K: Hash + Eq + Send + Sync,
+    T: Clone + Send + Sync,
+{
     #[inline]
-    pub(crate) fn lookup<Q>(&self, key: &Q, now: Instant) -> Lookup<T>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    fn lookup(&self, key: &K, now: Instant) -> Lookup<T> {
         match self.cache.get(key) {
             Some(entry) if now < entry.fresh_until => Lookup::Fresh(entry.value),
             Some(entry) if now < entry.stale_until => Lookup::Stale(entry.value),
@@ -116,10 +181,7 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
         }
     }
 
-    /// Stores `value`, the result of a flight for `key` that ended at `now`
-    /// (cloned by the caller before locking). Call with the table lock held;
-    /// drop what it returns after releasing it.
-    pub(crate) fn store(&self, key: K, value: T, failure: bool, now: Instant) -> Dropped<K, T> {
+    fn store(&self, key: K, value: T, failure: bool, now: Instant) -> Dropped<K, T> {
         let mut dropped = Vec::new();
         let ttl = if failure {
             let Some(ttl) = self.negative_ttl else {
@@ -154,13 +216,12 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
         dropped
     }
 
-    /// Removes the entry for `key`. Call with the table lock held; drop what
-    /// it returns after releasing it.
-    pub(crate) fn remove<Q>(&self, key: &Q) -> Option<(K, Entry<T>)>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.cache.remove(key)
+    fn remove(&self, key: &dyn Probe<K>) -> Option<(K, Entry<T>)> {
+        self.cache.remove(&Erased(key))
+    }
+
+    #[inline]
+    fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
     }
 }

@@ -41,7 +41,7 @@ pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{METRIC_NAMES, Stats};
 
-use memo::{Lookup, Memo};
+use memo::{Lookup, MakeStore, Memo, Store};
 use metrics::{Event, Gauge, Metrics};
 
 /// What a caller does when the key's flight already has the group's maximum
@@ -96,7 +96,9 @@ pub enum ErrorPolicy {
 pub(crate) type Classifier<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
 
 /// A builder's policy settings, shared by both groups' builders.
-pub(crate) struct Settings<T> {
+pub(crate) struct Settings<K, T> {
+    /// Set by the builder's `memo` (where `K: Send + Sync` is known).
+    pub(crate) make_memo: Option<MakeStore<K, T>>,
     pub(crate) ttl: Option<Duration>,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) grace: Duration,
@@ -112,9 +114,10 @@ pub(crate) struct Settings<T> {
 /// Default memo capacity, in entries.
 pub(crate) const DEFAULT_CAPACITY: usize = 10_000;
 
-impl<T> Default for Settings<T> {
+impl<K, T> Default for Settings<K, T> {
     fn default() -> Self {
         Self {
+            make_memo: None,
             ttl: None,
             negative_ttl: None,
             grace: Duration::ZERO,
@@ -129,21 +132,27 @@ impl<T> Default for Settings<T> {
     }
 }
 
-impl<T> Settings<T> {
-    /// The policies, or `None` when every one is off (the plain path).
-    pub(crate) fn build<K: Hash + Eq>(
-        self,
-        default_time: Time,
-        swr: bool,
-    ) -> Option<Box<Policies<K, T>>>
+impl<K, T> Settings<K, T> {
+    /// Turns the memo on, with a TTL of `ttl`.
+    pub(crate) fn memo(&mut self, ttl: Duration)
     where
-        T: Clone,
+        K: Hash + Eq + Send + Sync + 'static,
+        T: Clone + Send + Sync + 'static,
     {
+        self.ttl = Some(ttl);
+        self.make_memo = Some(Memo::<K, T>::boxed);
+    }
+
+    /// The policies, or `None` when every one is off (the plain path).
+    pub(crate) fn build(self, default_time: Time, swr: bool) -> Option<Box<Policies<K, T>>> {
         let retry_once = self.error_policy == ErrorPolicy::RetryOnce && self.failure.is_some();
-        let memo = self.ttl.map(|ttl| {
-            let grace = if swr { self.grace } else { Duration::ZERO };
-            Memo::new(self.capacity, ttl, self.negative_ttl, grace)
-        });
+        let memo = match (self.ttl, self.make_memo) {
+            (Some(ttl), Some(make)) => {
+                let grace = if swr { self.grace } else { Duration::ZERO };
+                Some(make(self.capacity, ttl, self.negative_ttl, grace))
+            }
+            _ => None,
+        };
         if memo.is_none()
             && !retry_once
             && self.timeout.is_none()
@@ -164,7 +173,7 @@ impl<T> Settings<T> {
     }
 }
 
-impl<T> fmt::Debug for Settings<T> {
+impl<K, T> fmt::Debug for Settings<K, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("ttl", &self.ttl)
@@ -182,7 +191,7 @@ impl<T> fmt::Debug for Settings<T> {
 
 /// A group's policies, when at least one is on.
 pub(crate) struct Policies<K, T> {
-    pub(crate) memo: Option<Memo<K, T>>,
+    pub(crate) memo: Option<Box<dyn Store<K, T>>>,
     pub(crate) failure: Option<Classifier<T>>,
     pub(crate) retry_once: bool,
     pub(crate) timeout: Option<Duration>,
@@ -240,14 +249,10 @@ impl<K, T> Policies<K, T> {
     }
 }
 
-impl<K: Hash + Eq, T: Clone> Policies<K, T> {
-    /// The memo's answer for `key`, counting hits.
+impl<K, T> Policies<K, T> {
+    /// The memo's answer for `key`.
     #[inline]
-    pub(crate) fn lookup<Q>(&self, key: &Q) -> Lookup<T>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    pub(crate) fn lookup(&self, key: &K) -> Lookup<T> {
         match &self.memo {
             Some(memo) => memo.lookup(key, self.now()),
             None => Lookup::Miss,

@@ -30,7 +30,7 @@ use crate::policy::{Clock, ErrorPolicy, Overflow, Settings, Time};
 /// ```
 pub struct Builder<K, T, S> {
     hasher: S,
-    settings: Settings<T>,
+    settings: Settings<K, T>,
     _keys: std::marker::PhantomData<fn(K)>,
 }
 
@@ -50,19 +50,6 @@ impl<K, T, S> Builder<K, T, S> {
             settings: self.settings,
             _keys: std::marker::PhantomData,
         }
-    }
-
-    /// Keeps a flight's value for `ttl` after it ends: calls within it get
-    /// the value ([`Source::Memo`](crate::Source::Memo)) without running the
-    /// work. Failures (see [`Builder::failure_if`]) are kept only with
-    /// [`Builder::negative_ttl`].
-    ///
-    /// The memo is a bounded [`quick_cache`] cache ([`Builder::capacity`]
-    /// entries, default 10,000); expiry is checked on read, on the group's
-    /// clock.
-    pub fn memo(mut self, ttl: Duration) -> Self {
-        self.settings.ttl = Some(ttl);
-        self
     }
 
     /// The memo's capacity in entries (default 10,000); past it the cache
@@ -120,6 +107,25 @@ impl<K, T, S> Builder<K, T, S> {
     /// The clock of the memo's expiry (default [`SystemClock`](crate::policy::SystemClock)).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.settings.clock = Some(Arc::new(clock));
+        self
+    }
+}
+
+impl<K, T, S> Builder<K, T, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    /// Keeps a flight's value for `ttl` after it ends: calls within it get
+    /// the value ([`Source::Memo`](crate::Source::Memo)) without running the
+    /// work. Failures (see [`Builder::failure_if`]) are kept only with
+    /// [`Builder::negative_ttl`].
+    ///
+    /// The memo is a bounded [`quick_cache`] cache ([`Builder::capacity`]
+    /// entries, default 10,000); expiry is checked on read, on the group's
+    /// clock. Needs `K` and `T` to be `Send + Sync + 'static`.
+    pub fn memo(mut self, ttl: Duration) -> Self {
+        self.settings.memo(ttl);
         self
     }
 }

@@ -20,7 +20,7 @@ use super::flight::{Flight, Waited};
 use super::group::Group;
 use crate::loom::lock;
 use crate::loom::sync::Arc;
-use crate::policy::memo::Lookup;
+use crate::policy::memo::{Borrowed, Lookup};
 use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Overflow, Policies, Stats};
 use crate::settle::{received, settle};
 use crate::{Error, Outcome, Panicked, Source};
@@ -119,7 +119,7 @@ where
             .policy
             .as_ref()
             .and_then(|p| p.memo.as_ref())
-            .and_then(|memo| memo.remove(key));
+            .and_then(|memo| memo.remove(&Borrowed(key)));
         drop(table);
         forgot || removed.is_some()
     }
@@ -287,20 +287,20 @@ where
         };
 
         let mut table = lock(&self.table);
-        if p.retry_once && failure {
-            if let Some(slot) = table.get_mut(hash, id)
-                && !slot.retried
-                && slot.followers > 0
-                && let Some(flight) = &slot.flight
-            {
-                slot.retried = true;
-                let flight = Arc::clone(flight);
-                drop(table);
-                flight.open_retry();
-                p.count(Event::Shared);
-                let value = result.unwrap_or_else(|_| unreachable!("a failure is a value"));
-                return Ok(Outcome::new(value, true));
-            }
+        if p.retry_once
+            && failure
+            && let Some(slot) = table.get_mut(hash, id)
+            && !slot.retried
+            && slot.followers > 0
+            && let Some(flight) = &slot.flight
+        {
+            slot.retried = true;
+            let flight = Arc::clone(flight);
+            drop(table);
+            flight.open_retry();
+            p.count(Event::Shared);
+            let value = result.unwrap_or_else(|_| unreachable!("a failure is a value"));
+            return Ok(Outcome::new(value, true));
         }
         let slot = table.remove(hash, id);
         let mut dropped = Vec::new();

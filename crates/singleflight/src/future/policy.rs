@@ -1,0 +1,468 @@
+// The async group's policy path: memo (with stale-while-revalidate), error
+// policy, waiter cap and metrics. The plain path (`group.rs`) never comes
+// here.
+//
+// Invariants (beyond those of `group.rs`, `flight.rs` and `policy/memo.rs`):
+// - A flight writes the memo only if its slot was never forgotten
+//   (`forget`/`invalidate` flag it under the same table lock).
+// - A refresh (stale-while-revalidate) is started only when no live flight
+//   exists for the key, checked and inserted under one table lock: exactly
+//   one refresh runs at a time per key. It runs detached, on the spawner.
+// - A failed flight opens a retry only if it is not itself a retry and other
+//   callers wait; the slot stays, the driver leaves (its count in `callers`
+//   goes), and the first follower polled drives its own work on that slot.
+
+use std::borrow::Borrow;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc as StdArc;
+use std::time::Duration;
+
+use super::deadline::{Checked, Until};
+use super::flight::{Flight, Work};
+use super::group::{Builder, DetachedLead, Group, Inner, Joined};
+use super::spawn::Detached;
+use crate::loom::lock;
+use crate::loom::sync::Arc;
+use crate::policy::memo::{Borrowed, Lookup};
+use crate::policy::{
+    Clock, ErrorPolicy, MetricEvent as Event, MetricGauge as Gauge, Overflow, Policies, Stats,
+};
+use crate::settle::settle;
+use crate::{Error, Outcome, Panicked, Source};
+
+impl<K, T, S> Group<K, T, S>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// Like [`Group::try_call`], but every way the call can end without a
+    /// value is an [`Error`]: the work panicked or the waiter cap refused the
+    /// call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let group = singleflight::future::Group::<&str, u8>::new();
+    /// assert_eq!(group.call_checked("k", || async { 1 }).await.unwrap().value, 1);
+    /// # });
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Group::call`].
+    ///
+    /// # Panics
+    ///
+    /// Only if `T::clone` panics, for the caller whose clone it was.
+    pub fn call_checked<F, Fut>(&self, key: K, make: F) -> Checked<K, T, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        Checked::new(self.try_call(key, make))
+    }
+
+    /// Like [`Group::call_checked`], but gives up with
+    /// [`Error::Timeout`] when `deadline` completes first; any executor's
+    /// timer fits. The caller leaves as if dropped: the flight goes on for
+    /// its other callers, and is cancelled only if nobody else waits (or
+    /// handed to the spawner, with [`Builder::detach`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use singleflight::Error;
+    ///
+    /// let group = singleflight::future::Group::<&str, u8>::new();
+    /// let never = std::future::pending::<u8>();
+    /// let out = group.call_until("k", || never, async {}).await;
+    /// assert!(matches!(out, Err(Error::Timeout)));
+    /// assert!(group.is_empty()); // nobody else waited: the work was dropped
+    /// # });
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Group::call`]; the deadline future is dropped with it.
+    ///
+    /// # Panics
+    ///
+    /// Only if `T::clone` panics, for the caller whose clone it was.
+    pub fn call_until<F, Fut, D>(&self, key: K, make: F, deadline: D) -> Until<K, T, S, F, D>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        D: Future,
+    {
+        Until::new(self.try_call(key, make), deadline)
+    }
+
+    /// [`Group::call_until`] with a tokio timer of `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::future::Group::<&str, u8>::new();
+    /// let out = group.call_with_timeout("k", Duration::from_secs(1), || async { 5 }).await;
+    /// assert_eq!(out.unwrap().value, 5);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Group::call`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with the time driver enabled.
+    #[cfg(feature = "tokio")]
+    pub fn call_with_timeout<F, Fut>(
+        &self,
+        key: K,
+        timeout: Duration,
+        make: F,
+    ) -> Until<K, T, S, F, tokio::time::Sleep>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        self.call_until(key, make, tokio::time::sleep(timeout))
+    }
+
+    /// Drops the memo's value for `key` and forgets its flight in progress,
+    /// if any: that flight's callers still get its value, but it will not
+    /// write the memo, so nothing computed before this call is served after
+    /// it. Returns whether there was a value or a flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::future::Group::<String, u8>::builder()
+    ///     .memo(Duration::from_secs(60))
+    ///     .build();
+    /// group.call("k".to_string(), || async { 1 }).await;
+    /// assert!(group.invalidate("k"));
+    /// assert_eq!(group.call("k".to_string(), || async { 2 }).await.value, 2);
+    /// # });
+    /// ```
+    pub fn invalidate<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let inner = &self.inner;
+        let hash = inner.hasher.hash_one(key);
+        let mut table = lock(&inner.table);
+        let forgot = table.forget(hash, key);
+        let removed = inner
+            .policy
+            .as_ref()
+            .and_then(|p| p.memo.as_ref())
+            .and_then(|memo| memo.remove(&Borrowed(key)));
+        drop(table);
+        forgot || removed.is_some()
+    }
+
+    /// A snapshot of the group's counters, or `None` unless the builder
+    /// turned metrics on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let group = singleflight::future::Group::<u8, u8>::builder().metrics("g").build();
+    /// group.call(1, || async { 1 }).await;
+    /// assert_eq!(group.stats().unwrap().executions, 1);
+    /// # });
+    /// ```
+    pub fn stats(&self) -> Option<Stats> {
+        self.inner.policy.as_ref().and_then(|p| p.stats())
+    }
+}
+
+impl<K, T, S> Inner<K, T, S>
+where
+    K: Hash + Eq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    pub(super) fn join_policed<F, Fut>(
+        self: &StdArc<Self>,
+        p: &Policies<K, T>,
+        key: K,
+        make: F,
+    ) -> Joined<T, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        p.count(Event::Call);
+        let hash = self.hasher.hash_one(&key);
+        loop {
+            let writes = p.memo.as_ref().map(|memo| memo.writes());
+            match p.lookup(&key) {
+                Lookup::Fresh(value) => {
+                    p.count(Event::MemoHit);
+                    return Joined::Ready(Ok(Outcome::from(value, true, Source::Memo)));
+                }
+                Lookup::Stale(value) => {
+                    p.count(Event::StaleHit);
+                    self.refresh(p, hash, key, make);
+                    return Joined::Ready(Ok(Outcome::from(value, true, Source::Stale)));
+                }
+                Lookup::Miss => {}
+            }
+            let mut table = lock(&self.table);
+            if let Some(slot) = table.live_mut(hash, &key) {
+                let id = slot.id();
+                let flight = Arc::clone(
+                    slot.flight
+                        .get_or_insert_with(|| Arc::new(Flight::joined())),
+                );
+                let mut state = lock(&flight.state);
+                match p.over_cap(state.callers.saturating_sub(1)) {
+                    Some(Overflow::Refuse) => {
+                        return Joined::Ready(Err(Error::TooManyWaiters));
+                    }
+                    Some(Overflow::RunOwn) => {
+                        drop(state);
+                        drop(table);
+                        p.count(Event::Execution);
+                        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            Box::pin(make()) as Work<T>
+                        }));
+                        return match made {
+                            Ok(work) => Joined::Own(work),
+                            Err(payload) => {
+                                p.count(Event::Panic);
+                                Joined::Ready(Err(Panicked::leader(payload).into()))
+                            }
+                        };
+                    }
+                    None => {}
+                }
+                state.callers += 1;
+                drop(state);
+                drop(table);
+                drop(key);
+                p.gauge(Gauge::Waiters, 1);
+                return Joined::Follow {
+                    flight,
+                    hash,
+                    id,
+                    make: p.retry_once.then_some(make),
+                };
+            }
+            if writes.is_some_and(|w| p.memo.as_ref().is_some_and(|memo| memo.writes() != w)) {
+                // A flight wrote the memo since we looked: look again.
+                continue;
+            }
+            let id = table.insert(hash, key);
+            drop(table);
+            p.gauge(Gauge::Flights, 1);
+            return match self.make_work(make, hash, id) {
+                Ok(lead) => Joined::Lead(lead),
+                Err(result) => Joined::Failed(result),
+            };
+        }
+    }
+
+    /// Starts a background refresh of `key` with `make`, unless a flight for
+    /// it is in progress.
+    fn refresh<F, Fut>(self: &StdArc<Self>, p: &Policies<K, T>, hash: u64, key: K, make: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let Some(spawner) = &self.spawner else {
+            return;
+        };
+        let mut table = lock(&self.table);
+        if table.live_mut(hash, &key).is_some() {
+            drop(table);
+            drop(key);
+            return;
+        }
+        let id = table.insert(hash, key);
+        drop(table);
+        p.gauge(Gauge::Flights, 1);
+        if let Ok(lead) = self.make_work(make, hash, id) {
+            spawner.spawn(Detached::new(DetachedLead::new(StdArc::clone(self), lead)));
+        }
+    }
+
+    /// Ends flight `id` with `result` under the policies: a retry, or the
+    /// memo, then the followers.
+    pub(super) fn finish_policed(
+        &self,
+        p: &Policies<K, T>,
+        hash: u64,
+        id: u64,
+        result: std::thread::Result<T>,
+    ) -> Result<Outcome<T>, Panicked> {
+        let failure = result.as_ref().is_ok_and(|value| p.is_failure(value));
+        // Cloned before locking: user `Clone` never runs under the table lock.
+        let mut memo_copy = match (&p.memo, &result) {
+            (Some(_), Ok(value)) => Some((value.clone(), p.now())),
+            _ => None,
+        };
+
+        let mut table = lock(&self.table);
+        if p.retry_once
+            && failure
+            && let Some(slot) = table.get_mut(hash, id)
+            && !slot.retried
+            && let Some(flight) = slot.flight.clone()
+        {
+            let mut state = lock(&flight.state);
+            if state.callers > 1 {
+                state.callers -= 1;
+                state.retry = true;
+                let heir = state.heir();
+                drop(state);
+                slot.retried = true;
+                drop(table);
+                if let Some(heir) = heir {
+                    heir.wake();
+                }
+                drop(memo_copy);
+                let value = result.unwrap_or_else(|_| unreachable!("a failure is a value"));
+                return Ok(Outcome::new(value, true));
+            }
+        }
+        let slot = table.remove(hash, id);
+        let mut dropped = Vec::new();
+        let mut spare_key = None;
+        let mut flight = None;
+        if let Some(slot) = slot {
+            let forgotten = slot.is_forgotten();
+            flight = slot.flight;
+            match (&p.memo, memo_copy.take()) {
+                (Some(memo), Some((value, now))) if !forgotten => {
+                    dropped = memo.store(slot.key, value, failure, now);
+                }
+                (_, copy) => {
+                    memo_copy = copy;
+                    spare_key = Some(slot.key);
+                }
+            }
+        }
+        drop(table);
+        drop(dropped);
+        drop(memo_copy);
+        drop(spare_key);
+        p.gauge(Gauge::Flights, -1);
+        if result.is_err() {
+            p.count(Event::Panic);
+        }
+        settle(result, flight.as_deref())
+    }
+}
+
+impl<K, T, S> Builder<K, T, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    /// Keeps a flight's value for `ttl` after it ends: calls within it get
+    /// the value ([`Source::Memo`]) without running the work. Failures (see
+    /// [`Builder::failure_if`]) are kept only with [`Builder::negative_ttl`].
+    ///
+    /// The memo is a bounded [`quick_cache`] cache ([`Builder::capacity`]
+    /// entries, default 10,000); expiry is checked on read, on the group's
+    /// clock (tokio's with the `tokio` feature, so a paused test clock
+    /// drives it). Needs `K: Sync`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::time::Duration;
+    /// use singleflight::Source;
+    ///
+    /// let group = singleflight::future::Group::<&str, u8>::builder()
+    ///     .memo(Duration::from_secs(60))
+    ///     .build();
+    /// group.call("k", || async { 1 }).await;
+    /// assert_eq!(group.call("k", || async { 2 }).await.source, Source::Memo);
+    /// # });
+    /// ```
+    pub fn memo(mut self, ttl: Duration) -> Self {
+        self.settings.memo(ttl);
+        self
+    }
+}
+
+impl<K, T, S> Builder<K, T, S> {
+    /// The memo's capacity in entries (default 10,000).
+    pub fn capacity(mut self, entries: usize) -> Self {
+        self.settings.capacity = entries;
+        self
+    }
+
+    /// Keeps failures in the memo for `ttl`. Without it, failures are not
+    /// memoised.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Past its TTL, a value is still served ([`Source::Stale`]) for `grace`
+    /// while one background refresh runs on the spawner; a failed refresh
+    /// leaves the stale value in place until the grace ends. Needs
+    /// [`Builder::detach`]: without a spawner it is ignored.
+    pub fn stale_while_revalidate(mut self, grace: Duration) -> Self {
+        self.settings.grace = grace;
+        self
+    }
+
+    /// Which values are failures, for the negative TTL and the error policy.
+    /// For `T = Result<_, _>` pass `Result::is_err`. Without it no value is a
+    /// failure.
+    pub fn failure_if(mut self, is_failure: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
+        self.settings.failure = Some(std::sync::Arc::new(is_failure));
+        self
+    }
+
+    /// What the waiting callers of a failed flight get (default
+    /// [`ErrorPolicy::Share`]). `RetryOnce` needs [`Builder::failure_if`].
+    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.settings.error_policy = policy;
+        self
+    }
+
+    /// At most `max` callers wait on one flight; the next ones do as
+    /// `overflow` says.
+    pub fn max_waiters(mut self, max: usize, overflow: Overflow) -> Self {
+        self.settings.cap = Some((max, overflow));
+        self
+    }
+
+    /// Counts calls, executions, shared results, memo and stale hits,
+    /// cancellations, panics, flights and waiters, readable with
+    /// [`Group::stats`] and, with the `metrics` feature, through the
+    /// `metrics` facade labelled `group = name` (install the recorder before
+    /// building the group). Timeouts are counted by the checked futures.
+    pub fn metrics(mut self, name: impl Into<String>) -> Self {
+        self.settings.metrics = Some(name.into());
+        self
+    }
+
+    /// The clock of the memo's expiry (default: tokio's with the `tokio`
+    /// feature, else [`SystemClock`](crate::policy::SystemClock)).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.settings.clock = Some(std::sync::Arc::new(clock));
+        self
+    }
+}

@@ -105,11 +105,19 @@ pub fn exit_on_clap_error(error: &clap::Error) -> std::process::ExitCode {
             std::process::ExitCode::from(if error.use_stderr() { 2 } else { 0 })
         }
         _ => {
+            // Clap's message without its usage block, on one line.
             let rendered = error.render().to_string();
-            let first = rendered
+            let message: Vec<&str> = rendered
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: bad arguments");
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let first = if message.is_empty() {
+                "error: bad arguments".to_string()
+            } else {
+                message.join(" ")
+            };
             eprintln!("{first} (see --help)");
             std::process::ExitCode::from(2)
         }
@@ -147,6 +155,7 @@ pub async fn run_async(cli: Cli) -> anyhow::Result<()> {
                 opts.status
             );
             server
+                .server
                 .run_until_signal("upstream", opts.shutdown_timeout)
                 .await
         }

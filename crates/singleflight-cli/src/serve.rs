@@ -58,7 +58,7 @@ pub struct Running {
     /// The demo server.
     pub server: Server,
     /// The embedded upstream, when no `--upstream` was given.
-    pub upstream: Option<Server>,
+    pub upstream: Option<upstream::Running>,
     /// The URL the server calls.
     pub upstream_url: HttpUrl,
 }

@@ -18,6 +18,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use clap::Args;
 use metrics::Counter;
+use tokio::sync::watch;
 
 use crate::BadInput;
 use crate::args::{parse_duration, parse_listen};
@@ -67,16 +68,43 @@ struct Upstream {
     status: StatusCode,
     body: Bytes,
     requests: Counter,
+    arrivals: watch::Sender<u64>,
     registry: Registry,
     random: RandomState,
 }
 
-/// Starts the upstream; it serves until the returned [`Server`] is shut down.
+/// A running upstream.
+#[derive(Debug)]
+pub struct Running {
+    /// The server; [`Server::shutdown`] stops it.
+    pub server: Server,
+    arrivals: watch::Receiver<u64>,
+}
+
+impl Running {
+    /// The base URL, `http://IP:PORT`.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The number of requests that have arrived so far (the value of
+    /// `upstream_requests_total`), as a channel one can wait on.
+    pub fn arrivals(&self) -> watch::Receiver<u64> {
+        self.arrivals.clone()
+    }
+
+    /// Shuts the upstream down; see [`Server::shutdown`].
+    pub async fn shutdown(self, deadline: Duration) -> bool {
+        self.server.shutdown(deadline).await
+    }
+}
+
+/// Starts the upstream; it serves until it is shut down.
 ///
 /// # Errors
 ///
 /// A status code out of range, or an address that cannot be listened on.
-pub async fn start(opts: &UpstreamOpts) -> anyhow::Result<Server> {
+pub async fn start(opts: &UpstreamOpts) -> anyhow::Result<Running> {
     let status = StatusCode::from_u16(opts.status).map_err(|_| {
         BadInput::new(format!(
             "--status {} is not an HTTP status code; use one from 100 to 999",
@@ -93,12 +121,14 @@ pub async fn start(opts: &UpstreamOpts) -> anyhow::Result<Server> {
         "Requests served by the upstream (not /metrics nor /healthz).",
         &[],
     );
+    let (arrivals, arrivals_rx) = watch::channel(0);
     let state = Arc::new(Upstream {
         delay: opts.delay,
         jitter: opts.jitter,
         status,
         body,
         requests,
+        arrivals,
         registry,
         random: RandomState::new(),
     });
@@ -108,12 +138,16 @@ pub async fn start(opts: &UpstreamOpts) -> anyhow::Result<Server> {
         .fallback(answer)
         .with_state(state);
     let listener = bind(opts.listen, "--listen").await?;
-    Server::spawn(listener, router)
+    Ok(Running {
+        server: Server::spawn(listener, router)?,
+        arrivals: arrivals_rx,
+    })
 }
 
 async fn answer(State(up): State<Arc<Upstream>>) -> Response {
     // Counted on arrival: every request that reached the upstream costs it work.
     up.requests.increment(1);
+    up.arrivals.send_modify(|n| *n += 1);
     let mut delay = up.delay;
     if !up.jitter.is_zero() {
         // A fresh hash per request is a cheap uniform draw; no crypto needed.

@@ -1,0 +1,97 @@
+//! Bad input: one line naming the thing and the fix, exit code 2, nothing half-started.
+
+use std::process::{Command, Output};
+
+fn singleflight(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_singleflight"))
+        .args(args)
+        .output()
+        .expect("run the binary")
+}
+
+fn assert_bad_input(args: &[&str], names: &[&str]) {
+    let out = singleflight(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: one line, got {stderr}"
+    );
+    for name in names {
+        assert!(
+            stderr.contains(name),
+            "{args:?}: {stderr:?} should name {name:?}"
+        );
+    }
+    assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+}
+
+#[test]
+fn unparsable_duration() {
+    assert_bad_input(
+        &["upstream", "--delay", "soon"],
+        &["--delay", "soon", "250ms"],
+    );
+    assert_bad_input(&["demo", "--spread", "1x"], &["--spread", "1x"]);
+}
+
+#[test]
+fn unparsable_url() {
+    assert_bad_input(
+        &["serve", "--upstream", "localhost:8081"],
+        &["--upstream", "localhost:8081", "http://"],
+    );
+    assert_bad_input(&["load", "ftp://x", "-n", "1"], &["ftp://x", "http://"]);
+}
+
+#[test]
+fn unparsable_listen_address() {
+    assert_bad_input(
+        &["serve", "--listen", "localhost"],
+        &["--listen", "IP:PORT"],
+    );
+}
+
+#[test]
+fn address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_bad_input(
+        &["upstream", "--listen", &addr],
+        &["--listen", &addr, "in use", "another port"],
+    );
+    // serve starts its embedded upstream first; it must not be left running.
+    assert_bad_input(&["serve", "--listen", &addr], &["--listen", &addr]);
+}
+
+#[test]
+fn unreachable_upstream_at_start() {
+    // Bind then drop to find a loopback port with nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/status");
+    assert_bad_input(
+        &["serve", "--listen", "127.0.0.1:0", "--upstream", &url],
+        &["--upstream", &url, "start it first"],
+    );
+}
+
+#[test]
+fn missing_budget_for_load() {
+    let out = singleflight(&["load", "http://127.0.0.1:1/"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_is_success() {
+    let out = singleflight(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for sub in ["upstream", "serve", "demo", "load"] {
+        assert!(help.contains(sub), "{help}");
+    }
+}

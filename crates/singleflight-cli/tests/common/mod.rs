@@ -1,0 +1,59 @@
+//! Helpers shared by the integration tests: options from argv, plain GETs.
+#![allow(dead_code, unreachable_pub)]
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use singleflight_cli::{Cli, Command, serve, upstream};
+
+/// The tests' HTTP client.
+pub type TestClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// A fresh pooled client.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Status, headers and body of a GET.
+pub async fn get(client: &TestClient, url: &str) -> (u16, http::HeaderMap, String) {
+    let response = client
+        .get(url.parse().expect("test URL"))
+        .await
+        .expect("GET");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `upstream` options from argv.
+pub fn upstream_opts(args: &[&str]) -> upstream::UpstreamOpts {
+    let argv = ["singleflight", "upstream"].iter().chain(args);
+    match Cli::parse_from(argv).command {
+        Command::Upstream(opts) => opts,
+        other => panic!("parsed {other:?}"),
+    }
+}
+
+/// `serve` options from argv.
+pub fn serve_opts(args: &[&str]) -> serve::ServeOpts {
+    let argv = ["singleflight", "serve"].iter().chain(args);
+    match Cli::parse_from(argv).command {
+        Command::Serve(opts) => opts,
+        other => panic!("parsed {other:?}"),
+    }
+}
+
+/// The upstream's `upstream_requests_total`, read from its /metrics.
+pub async fn upstream_requests(client: &TestClient, upstream_url: &str) -> u64 {
+    let (_, _, text) = get(client, &format!("{upstream_url}/metrics")).await;
+    singleflight_cli::read_metric(&text, "upstream_requests_total", None).unwrap_or(0.0) as u64
+}

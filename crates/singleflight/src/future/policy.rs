@@ -31,6 +31,24 @@ use crate::policy::{
 use crate::settle::settle;
 use crate::{Error, Outcome, Panicked, Source};
 
+impl<K, T, S> Group<K, T, S> {
+    /// A snapshot of the group's counters, or `None` unless the builder
+    /// turned metrics on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let group = singleflight::future::Group::<u8, u8>::builder().metrics("g").build();
+    /// group.call(1, || async { 1 }).await;
+    /// assert_eq!(group.stats().unwrap().executions, 1);
+    /// # });
+    /// ```
+    pub fn stats(&self) -> Option<Stats> {
+        self.inner.policy.as_ref().and_then(|p| p.stats())
+    }
+}
+
 impl<K, T, S> Group<K, T, S>
 where
     K: Hash + Eq + Send + 'static,
@@ -172,22 +190,6 @@ where
             .and_then(|memo| memo.remove(&Borrowed(key)));
         drop(table);
         forgot || removed.is_some()
-    }
-
-    /// A snapshot of the group's counters, or `None` unless the builder
-    /// turned metrics on.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # futures::executor::block_on(async {
-    /// let group = singleflight::future::Group::<u8, u8>::builder().metrics("g").build();
-    /// group.call(1, || async { 1 }).await;
-    /// assert_eq!(group.stats().unwrap().executions, 1);
-    /// # });
-    /// ```
-    pub fn stats(&self) -> Option<Stats> {
-        self.inner.policy.as_ref().and_then(|p| p.stats())
     }
 }
 

@@ -25,6 +25,23 @@ use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Overflow, Polici
 use crate::settle::{received, settle};
 use crate::{Error, Outcome, Panicked, Source};
 
+impl<K, T, S> Group<K, T, S> {
+    /// A snapshot of the group's counters, or `None` unless the builder
+    /// turned metrics on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<u8, u8>::builder().metrics("g").build();
+    /// group.call(1, || 1);
+    /// assert_eq!(group.stats().unwrap().calls, 1);
+    /// assert!(singleflight::sync::Group::<u8, u8>::new().stats().is_none());
+    /// ```
+    pub fn stats(&self) -> Option<Stats> {
+        self.policy.as_ref().and_then(|p| p.stats())
+    }
+}
+
 impl<K, T, S> Group<K, T, S>
 where
     K: Hash + Eq,
@@ -122,21 +139,6 @@ where
             .and_then(|memo| memo.remove(&Borrowed(key)));
         drop(table);
         forgot || removed.is_some()
-    }
-
-    /// A snapshot of the group's counters, or `None` unless the builder
-    /// turned metrics on.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let group = singleflight::sync::Group::<u8, u8>::builder().metrics("g").build();
-    /// group.call(1, || 1);
-    /// assert_eq!(group.stats().unwrap().calls, 1);
-    /// assert!(singleflight::sync::Group::<u8, u8>::new().stats().is_none());
-    /// ```
-    pub fn stats(&self) -> Option<Stats> {
-        self.policy.as_ref().and_then(|p| p.stats())
     }
 
     /// `try_call` with policies: the errors `call` cannot express panic.

@@ -320,14 +320,15 @@ fn the_builder_timeout_applies_to_call_checked() {
     assert_eq!(leader.join().unwrap().unwrap().value, 1);
 }
 
-fn capped(
-    overflow: Overflow,
-) -> (
-    Arc<Group<&'static str, u32>>,
-    Gate,
-    thread::JoinHandle<u32>,
-    thread::JoinHandle<u32>,
-) {
+/// A capped group whose key has a running flight and one waiter.
+struct Capped {
+    group: Arc<Group<&'static str, u32>>,
+    gate: Gate,
+    leader: thread::JoinHandle<u32>,
+    follower: thread::JoinHandle<u32>,
+}
+
+fn capped(overflow: Overflow) -> Capped {
     let group = Arc::new(
         Group::<&str, u32>::builder()
             .max_waiters(1, overflow)
@@ -352,12 +353,22 @@ fn capped(
         thread::spawn(move || group.call("k", || 0).value)
     };
     until_waiters(&group, 1);
-    (group, gate, leader, follower)
+    Capped {
+        group,
+        gate,
+        leader,
+        follower,
+    }
 }
 
 #[test]
 fn past_the_waiter_cap_a_caller_is_refused() {
-    let (group, gate, leader, follower) = capped(Overflow::Refuse);
+    let Capped {
+        group,
+        gate,
+        leader,
+        follower,
+    } = capped(Overflow::Refuse);
     assert!(matches!(
         group.call_checked("k", || 2),
         Err(Error::TooManyWaiters)
@@ -370,7 +381,12 @@ fn past_the_waiter_cap_a_caller_is_refused() {
 
 #[test]
 fn past_the_waiter_cap_a_caller_runs_its_own_work() {
-    let (group, gate, leader, follower) = capped(Overflow::RunOwn);
+    let Capped {
+        group,
+        gate,
+        leader,
+        follower,
+    } = capped(Overflow::RunOwn);
     let own = group.call("k", || 2);
     assert_eq!(
         (own.value, own.shared, own.source),

@@ -17,7 +17,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -38,9 +38,22 @@ pub(crate) fn http_client(max_idle: usize) -> HttpClient {
         .build(connector)
 }
 
+/// How many connections may wait to be accepted. The standard library's 128
+/// overflows when hundreds of clients connect at once (the demo, a burst),
+/// and an overflowed SYN costs the client a retransmission; the kernel caps
+/// this at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
 /// Binds `addr`, turning the usual failures into a message that says the fix.
 pub(crate) async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    let listen = || -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|e| {
         let fix = match e.kind() {
             io::ErrorKind::AddrInUse => "pick another port, or stop what is listening there",
             io::ErrorKind::AddrNotAvailable => "use an address of this machine, such as 127.0.0.1",

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# serve's /singleflight against the Go reference server (the article's, with
+# golang.org/x/sync/singleflight), side by side in one run: both in front of
+# the same `singleflight upstream --delay 1ms`, one hot key, wrk with 256
+# connections for 10 s, alternating, ROUNDS times each. Prints requests/s and
+# the upstream requests each run caused (from upstream_requests_total).
+#
+# Usage: crates/singleflight-cli/bench/serve-vs-go.sh [ROUNDS]   (from the repo root)
+set -euo pipefail
+ROUNDS=${1:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-256}
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+BIN=${BIN:-$ROOT/target/release/singleflight}
+GOBIN=${GOBIN:-/tmp/singleflight-go-server}
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release -p singleflight-cli)
+(cd "$ROOT/crates/singleflight-bench/go/server" && GO111MODULE=off GOPATH=/usr/share/gocode go build -o "$GOBIN" .)
+
+UP=127.0.0.1:18181 RS=127.0.0.1:18180 GO=127.0.0.1:18190
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+"$BIN" upstream --listen $UP --delay 1ms 2>/dev/null & pids+=($!)
+sleep 0.5
+"$BIN" serve --listen $RS --upstream http://$UP/status --quiet 2>/dev/null & pids+=($!)
+"$GOBIN" -listen $GO -upstream http://$UP/status -quiet 2>/dev/null & pids+=($!)
+sleep 1
+
+count() { curl -s http://$UP/metrics | awk '/^upstream_requests_total/ {print $2}'; }
+run() { # name addr
+  local before after rps
+  before=$(count)
+  rps=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" "http://$2/singleflight" | awk '/Requests\/sec/ {print $2}')
+  after=$(count)
+  printf '%-6s %10s req/s  %6d upstream requests\n' "$1" "$rps" $((${after%.*} - ${before%.*}))
+}
+for _ in $(seq "$ROUNDS"); do
+  run rust $RS
+  run go $GO
+done

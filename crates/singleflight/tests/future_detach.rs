@@ -34,12 +34,19 @@ async fn an_abandoned_flight_finishes_on_the_runtime_and_newcomers_join_it() {
     assert!(leader.await.unwrap_err().is_cancelled());
     assert!(group.contains("key"), "the detached flight keeps its key");
 
-    // A newcomer joins the detached flight instead of starting another.
+    // A newcomer joins the detached flight instead of starting another. It
+    // reports once its first poll (where it joins) has returned.
+    let (joined_tx, joined) = oneshot::channel::<()>();
     let newcomer = {
         let group = group.clone();
-        tokio::spawn(async move { group.call("key".into(), || async { 0 }).await })
+        tokio::spawn(async move {
+            let mut call = Box::pin(group.call("key".into(), || async { 0 }));
+            assert!(futures::FutureExt::now_or_never(call.as_mut()).is_none());
+            joined_tx.send(()).unwrap();
+            call.await
+        })
     };
-    tokio::task::yield_now().await;
+    joined.await.unwrap();
     open.send(5).unwrap();
     assert_eq!(finished.await.unwrap(), 5, "the work ran to its end");
     let out = newcomer.await.unwrap();

@@ -88,6 +88,58 @@ struct Endpoint {
     upstream_calls: Counter,
 }
 
+/// The group's counters ([`singleflight::policy::Stats`]), copied into the registry on each scrape.
+struct GroupCounters {
+    calls: Counter,
+    executions: Counter,
+    shared: Counter,
+    cancellations: Counter,
+    panics: Counter,
+    flights: Gauge,
+    waiters: Gauge,
+}
+
+impl GroupCounters {
+    fn new(registry: &Registry) -> Self {
+        let counter = |name, help| registry.counter(name, help, &[("group", "serve")]);
+        let gauge = |name, help| registry.gauge(name, help, &[("group", "serve")]);
+        Self {
+            calls: counter(
+                "singleflight_calls_total",
+                "Calls of /singleflight to the group.",
+            ),
+            executions: counter(
+                "singleflight_executions_total",
+                "Times the group ran the upstream call.",
+            ),
+            shared: counter(
+                "singleflight_shared_total",
+                "Calls that received a result shared with other calls.",
+            ),
+            cancellations: counter(
+                "singleflight_cancellations_total",
+                "Flights dropped when every caller left.",
+            ),
+            panics: counter("singleflight_panics_total", "Flights whose work panicked."),
+            flights: gauge("singleflight_flights", "Flights in progress now."),
+            waiters: gauge(
+                "singleflight_waiters",
+                "Callers waiting on another caller's flight now.",
+            ),
+        }
+    }
+
+    fn update(&self, stats: &singleflight::policy::Stats) {
+        self.calls.absolute(stats.calls);
+        self.executions.absolute(stats.executions);
+        self.shared.absolute(stats.shared);
+        self.cancellations.absolute(stats.cancellations);
+        self.panics.absolute(stats.panics);
+        self.flights.set(stats.flights as f64);
+        self.waiters.set(stats.waiters as f64);
+    }
+}
+
 struct App {
     client: HttpClient,
     upstream: HttpUrl,
@@ -96,8 +148,7 @@ struct App {
     group: Group<&'static str, Fetched>,
     normal: Endpoint,
     coalesced: Endpoint,
-    shared: Counter,
-    flights: Gauge,
+    group_counters: GroupCounters,
     registry: Registry,
 }
 
@@ -147,19 +198,11 @@ pub async fn start(opts: &ServeOpts) -> anyhow::Result<Running> {
         upstream: upstream_url.clone(),
         timeout: opts.timeout,
         quiet: opts.quiet,
-        group: Group::new(),
+        // Counting is on so /metrics can show the group's own view.
+        group: Group::builder().metrics("serve").build(),
         normal: endpoint("normal"),
         coalesced: endpoint("singleflight"),
-        shared: registry.counter(
-            "singleflight_shared_total",
-            "Responses of /singleflight whose upstream result was shared with other requests.",
-            &[],
-        ),
-        flights: registry.gauge(
-            "singleflight_flights",
-            "Upstream calls of /singleflight in flight now.",
-            &[],
-        ),
+        group_counters: GroupCounters::new(&registry),
         registry,
     });
     let router = Router::new()
@@ -263,14 +306,13 @@ async fn coalesced(State(app): State<Arc<App>>) -> Response {
             fetch_status(&leader_app.client, &leader_app.upstream, leader_app.timeout).await
         })
         .await;
-    if out.shared {
-        app.shared.increment(1);
-    }
     respond(&app, "/singleflight", started, &out.value, Some(out.shared))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    app.flights.set(app.group.len() as f64);
+    if let Some(stats) = app.group.stats() {
+        app.group_counters.update(&stats);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.registry.render(),

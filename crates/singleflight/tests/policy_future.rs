@@ -2,7 +2,8 @@
 //! stale-while-revalidate, generation-safe invalidate, RetryOnce, deadlines,
 //! the waiter cap and the counters.
 //!
-//! Every test runs on a current-thread runtime with time paused, so the
+//! Every test runs on a current-thread runtime with time paused (the memo
+//! reads it through `TokioClock`), so the
 //! order of events is fixed: `settle` lets every ready task run until all
 //! wait, and time moves only by `advance` or, when every task sleeps, to the
 //! next timer.
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use singleflight::future::{Detached, Group, TokioSpawner};
-use singleflight::policy::{ErrorPolicy, Overflow, Stats};
+use singleflight::policy::{ErrorPolicy, Overflow, Stats, TokioClock};
 use singleflight::{Error, Source};
 use tokio::sync::Semaphore;
 use tokio::time::advance;
@@ -50,7 +51,10 @@ fn stats<K, T, S>(group: &Group<K, T, S>) -> Stats {
 
 #[tokio::test(start_paused = true)]
 async fn memo_hit_before_the_ttl_and_miss_after() {
-    let group = Group::<&str, u32>::builder().memo(TTL).build();
+    let group = Group::<&str, u32>::builder()
+        .memo(TTL)
+        .clock(TokioClock)
+        .build();
     let first = group.call("k", || async { 1 }).await;
     assert_eq!((first.value, first.source), (1, Source::Flight));
 
@@ -68,6 +72,7 @@ async fn failures_are_kept_for_the_negative_ttl_only() {
     let negative = Duration::from_secs(1);
     let group = Group::<&str, Result<u32, String>>::builder()
         .memo(TTL)
+        .clock(TokioClock)
         .failure_if(Result::is_err)
         .negative_ttl(negative)
         .build();
@@ -92,6 +97,7 @@ async fn failures_are_kept_for_the_negative_ttl_only() {
 fn swr_group() -> Group<&'static str, Result<u32, String>> {
     Group::builder()
         .memo(TTL)
+        .clock(TokioClock)
         .failure_if(Result::is_err)
         .negative_ttl(Duration::from_secs(1))
         .stale_while_revalidate(GRACE)
@@ -160,7 +166,10 @@ async fn a_failed_refresh_keeps_the_stale_value_until_grace_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn a_flight_started_before_invalidate_does_not_write_the_memo() {
-    let group = Group::<&str, u32>::builder().memo(TTL).build();
+    let group = Group::<&str, u32>::builder()
+        .memo(TTL)
+        .clock(TokioClock)
+        .build();
     let gate = Gate::new();
     let leader = tokio::spawn({
         let (group, gate) = (group.clone(), gate.clone());
@@ -371,6 +380,7 @@ async fn every_counter_after_a_scripted_scenario() {
     let detached = Arc::new(std::sync::Mutex::new(Vec::new()));
     let group = Group::<&str, u32>::builder()
         .memo(TTL)
+        .clock(TokioClock)
         .stale_while_revalidate(GRACE)
         .detach({
             let detached = detached.clone();

@@ -21,7 +21,7 @@ use super::flight::{Flight, Work};
 use super::spawn::{Detached, Spawn};
 use crate::loom::lock;
 use crate::loom::sync::{Arc, Mutex};
-use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Policies, Settings, Time};
+use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Policies, Settings};
 use crate::table::Table;
 use crate::{Error, Outcome, Panicked};
 
@@ -322,7 +322,7 @@ impl<K, T, S> Builder<K, T, S> {
 impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
     /// The group.
     pub fn build(self) -> Group<K, T, S> {
-        let policy = self.settings.build(default_time(), self.spawner.is_some());
+        let policy = self.settings.build(self.spawner.is_some());
         Group {
             inner: StdArc::new(Inner {
                 table: Mutex::new(Table::new()),
@@ -332,15 +332,6 @@ impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
             }),
         }
     }
-}
-
-/// The async group's default clock: tokio's when it is there, so tests can
-/// pause time.
-fn default_time() -> Time {
-    #[cfg(feature = "tokio")]
-    return Time::Custom(StdArc::new(crate::policy::TokioClock));
-    #[cfg(not(feature = "tokio"))]
-    return Time::System;
 }
 
 impl<K, T, S> fmt::Debug for Builder<K, T, S> {

@@ -210,21 +210,24 @@ where
         Fut: Future<Output = T> + Send + 'static,
     {
         p.count(Event::Call);
-        let hash = self.hasher.hash_one(&key);
+        let mut hash = None;
         loop {
-            let writes = p.memo.as_ref().map(|memo| memo.writes());
-            match p.lookup(&key) {
+            let (lookup, writes) = p.lookup(&key);
+            match lookup {
                 Lookup::Fresh(value) => {
                     p.count(Event::MemoHit);
                     return Joined::Ready(Ok(Outcome::from(value, true, Source::Memo)));
                 }
                 Lookup::Stale(value) => {
                     p.count(Event::StaleHit);
+                    let hash = self.hasher.hash_one(&key);
                     self.refresh(p, hash, key, make);
                     return Joined::Ready(Ok(Outcome::from(value, true, Source::Stale)));
                 }
                 Lookup::Miss => {}
             }
+            // Hashed for the table only on a miss: the hit path pays the memo's hash alone.
+            let hash = *hash.get_or_insert_with(|| self.hasher.hash_one(&key));
             let mut table = lock(&self.table);
             if let Some(slot) = table.live_mut(hash, &key) {
                 let id = slot.id();
@@ -383,8 +386,8 @@ where
     ///
     /// The memo is a bounded [`quick_cache`] cache ([`Builder::capacity`]
     /// entries, default 10,000); expiry is checked on read, on the group's
-    /// clock (tokio's with the `tokio` feature, so a paused test clock
-    /// drives it). Needs `K: Sync`.
+    /// clock (see [`Builder::clock`]; pass `TokioClock` to drive it with
+    /// tokio's paused time in tests). Needs `K: Sync`.
     ///
     /// # Examples
     ///
@@ -461,8 +464,9 @@ impl<K, T, S> Builder<K, T, S> {
         self
     }
 
-    /// The clock of the memo's expiry (default: tokio's with the `tokio`
-    /// feature, else [`SystemClock`](crate::policy::SystemClock)).
+    /// The clock of the memo's expiry (default: the OS's coarse monotonic
+    /// clock, see [`Clock`]). `TokioClock` (feature `tokio`) follows tokio's
+    /// paused time in tests.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.settings.clock = Some(std::sync::Arc::new(clock));
         self

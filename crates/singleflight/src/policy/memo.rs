@@ -15,7 +15,9 @@
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::Time;
 
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, UnitWeighter};
@@ -25,8 +27,9 @@ use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, UnitWeighter};
 pub(crate) struct Entry<T> {
     value: T,
     failure: bool,
-    fresh_until: Instant,
-    stale_until: Instant,
+    /// In the group's `Time` unit.
+    fresh_until: u64,
+    stale_until: u64,
 }
 
 /// Entries evicted or replaced while the table lock was held, dropped later.
@@ -56,10 +59,11 @@ pub(crate) enum Lookup<T> {
 
 pub(crate) struct Memo<K, T> {
     cache: Cache<K, Entry<T>, UnitWeighter, DefaultHashBuilder, Defer>,
-    ttl: Duration,
+    /// The spans, in the group's `Time` unit.
+    ttl: u64,
     /// `None`: failures are not memoised.
-    negative_ttl: Option<Duration>,
-    grace: Duration,
+    negative_ttl: Option<u64>,
+    grace: u64,
     /// Bumped by every write, under the table lock (see the invariants).
     writes: AtomicU64,
 }
@@ -70,8 +74,14 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
         ttl: Duration,
         negative_ttl: Option<Duration>,
         grace: Duration,
+        time: &Time,
     ) -> Self {
         let capacity = capacity.max(1);
+        let (ttl, negative_ttl, grace) = (
+            time.span(ttl),
+            negative_ttl.map(|ttl| time.span(ttl)),
+            time.span(grace),
+        );
         Self {
             cache: Cache::with(
                 capacity,
@@ -131,13 +141,14 @@ impl<K> Equivalent<K> for Erased<'_, K> {
 /// `Send + Sync` whatever its bounds say: one is only made (by builder
 /// methods bounded `K: Send + Sync`) where the memo is.
 pub(crate) trait Store<K, T>: Send + Sync {
-    /// What the memo holds for `key` at `now`.
-    fn lookup(&self, key: &K, now: Instant) -> Lookup<T>;
+    /// What the memo holds for `key` at `now`, and the write count read
+    /// just before looking (to compare under the table lock on a miss).
+    fn lookup(&self, key: &K, now: u64) -> (Lookup<T>, u64);
 
     /// Stores `value`, the result of a flight for `key` that ended at `now`
     /// (cloned by the caller before locking). Call with the table lock held;
     /// drop what it returns after releasing it.
-    fn store(&self, key: K, value: T, failure: bool, now: Instant) -> Dropped<K, T>;
+    fn store(&self, key: K, value: T, failure: bool, now: u64) -> Dropped<K, T>;
 
     /// Removes the entry for `key`. Call with the table lock held; drop what
     /// it returns after releasing it.
@@ -149,7 +160,7 @@ pub(crate) trait Store<K, T>: Send + Sync {
 
 /// Makes the memo; captured by a builder method where `K: Send + Sync`.
 pub(crate) type MakeStore<K, T> =
-    fn(usize, Duration, Option<Duration>, Duration) -> Box<dyn Store<K, T>>;
+    fn(usize, Duration, Option<Duration>, Duration, &Time) -> Box<dyn Store<K, T>>;
 
 impl<K, T> Memo<K, T>
 where
@@ -162,8 +173,9 @@ where
         ttl: Duration,
         negative_ttl: Option<Duration>,
         grace: Duration,
+        time: &Time,
     ) -> Box<dyn Store<K, T>> {
-        Box::new(Self::new(capacity, ttl, negative_ttl, grace))
+        Box::new(Self::new(capacity, ttl, negative_ttl, grace, time))
     }
 }
 
@@ -173,15 +185,17 @@ where
     T: Clone + Send + Sync,
 {
     #[inline]
-    fn lookup(&self, key: &K, now: Instant) -> Lookup<T> {
-        match self.cache.get(key) {
+    fn lookup(&self, key: &K, now: u64) -> (Lookup<T>, u64) {
+        let writes = self.writes.load(Ordering::Acquire);
+        let lookup = match self.cache.get(key) {
             Some(entry) if now < entry.fresh_until => Lookup::Fresh(entry.value),
             Some(entry) if now < entry.stale_until => Lookup::Stale(entry.value),
             _ => Lookup::Miss,
-        }
+        };
+        (lookup, writes)
     }
 
-    fn store(&self, key: K, value: T, failure: bool, now: Instant) -> Dropped<K, T> {
+    fn store(&self, key: K, value: T, failure: bool, now: u64) -> Dropped<K, T> {
         let mut dropped = Vec::new();
         let ttl = if failure {
             let Some(ttl) = self.negative_ttl else {
@@ -207,9 +221,13 @@ where
         let entry = Entry {
             value,
             failure,
-            fresh_until: now + ttl,
+            fresh_until: now.saturating_add(ttl),
             // Failures are never served stale.
-            stale_until: now + ttl + if failure { Duration::ZERO } else { self.grace },
+            stale_until: now.saturating_add(ttl).saturating_add(if failure {
+                0
+            } else {
+                self.grace
+            }),
         };
         self.cache.insert_with_lifecycle(key, entry, &mut dropped);
         self.writes.fetch_add(1, Ordering::Release);

@@ -33,7 +33,7 @@ pub(crate) mod metrics;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) use clock::Time;
 #[cfg(feature = "tokio")]
@@ -144,12 +144,13 @@ impl<K, T> Settings<K, T> {
     }
 
     /// The policies, or `None` when every one is off (the plain path).
-    pub(crate) fn build(self, default_time: Time, swr: bool) -> Option<Box<Policies<K, T>>> {
+    pub(crate) fn build(self, swr: bool) -> Option<Box<Policies<K, T>>> {
         let retry_once = self.error_policy == ErrorPolicy::RetryOnce && self.failure.is_some();
+        let time = self.clock.map_or(Time::Coarse, Time::custom);
         let memo = match (self.ttl, self.make_memo) {
             (Some(ttl), Some(make)) => {
                 let grace = if swr { self.grace } else { Duration::ZERO };
-                Some(make(self.capacity, ttl, self.negative_ttl, grace))
+                Some(make(self.capacity, ttl, self.negative_ttl, grace, &time))
             }
             _ => None,
         };
@@ -168,7 +169,7 @@ impl<K, T> Settings<K, T> {
             timeout: self.timeout,
             cap: self.cap,
             metrics: self.metrics.as_deref().map(Metrics::new),
-            time: self.clock.map_or(default_time, Time::Custom),
+            time,
         }))
     }
 }
@@ -210,7 +211,7 @@ impl<K, T> Policies<K, T> {
             timeout: None,
             cap: None,
             metrics: None,
-            time: Time::System,
+            time: Time::Coarse,
         }
     }
 
@@ -236,7 +237,7 @@ impl<K, T> Policies<K, T> {
     }
 
     #[inline]
-    pub(crate) fn now(&self) -> Instant {
+    pub(crate) fn now(&self) -> u64 {
         self.time.now()
     }
 
@@ -250,12 +251,15 @@ impl<K, T> Policies<K, T> {
 }
 
 impl<K, T> Policies<K, T> {
-    /// The memo's answer for `key`.
+    /// The memo's answer for `key`, and its write count (see `Store::lookup`).
     #[inline]
-    pub(crate) fn lookup(&self, key: &K) -> Lookup<T> {
+    pub(crate) fn lookup(&self, key: &K) -> (Lookup<T>, Option<u64>) {
         match &self.memo {
-            Some(memo) => memo.lookup(key, self.now()),
-            None => Lookup::Miss,
+            Some(memo) => {
+                let (lookup, writes) = memo.lookup(key, self.now());
+                (lookup, Some(writes))
+            }
+            None => (Lookup::Miss, None),
         }
     }
 }

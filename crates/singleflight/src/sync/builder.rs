@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::group::Group;
-use crate::policy::{Clock, ErrorPolicy, Overflow, Settings, Time};
+use crate::policy::{Clock, ErrorPolicy, Overflow, Settings};
 
 /// Settings of a [`Group`]; from [`Group::builder`]. Every policy is off
 /// unless set.
@@ -104,7 +104,8 @@ impl<K, T, S> Builder<K, T, S> {
         self
     }
 
-    /// The clock of the memo's expiry (default [`SystemClock`](crate::policy::SystemClock)).
+    /// The clock of the memo's expiry (default: the OS's coarse monotonic
+    /// clock, see [`Clock`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.settings.clock = Some(Arc::new(clock));
         self
@@ -134,7 +135,7 @@ impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
     /// The group.
     pub fn build(self) -> Group<K, T, S> {
         let mut group = Group::with_hasher(self.hasher);
-        group.policy = self.settings.build(Time::System, false);
+        group.policy = self.settings.build(false);
         group
     }
 }

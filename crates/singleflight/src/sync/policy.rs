@@ -187,13 +187,15 @@ where
         F: FnOnce() -> T,
     {
         p.count(Event::Call);
-        let hash = self.hasher.hash_one(&key);
+        let mut hash = None;
         let (flight, id) = loop {
-            let writes = p.memo.as_ref().map(|memo| memo.writes());
-            if let Lookup::Fresh(value) | Lookup::Stale(value) = p.lookup(&key) {
+            let (lookup, writes) = p.lookup(&key);
+            if let Lookup::Fresh(value) | Lookup::Stale(value) = lookup {
                 p.count(Event::MemoHit);
                 return Ok(Outcome::from(value, true, Source::Memo));
             }
+            // Hashed for the table only on a miss: the hit path pays the memo's hash alone.
+            let hash = *hash.get_or_insert_with(|| self.hasher.hash_one(&key));
             let mut table = lock(&self.table);
             if let Some(slot) = table.live_mut(hash, &key) {
                 match p.over_cap(slot.followers) {
@@ -227,6 +229,7 @@ where
             p.gauge(Gauge::Flights, 1);
             break (None, id);
         };
+        let hash = hash.unwrap_or_else(|| unreachable!("hashed before leaving the loop"));
         let Some(flight) = flight else {
             return Ok(self.lead(p, hash, id, work)?);
         };

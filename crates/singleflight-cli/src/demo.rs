@@ -73,6 +73,24 @@ pub struct DemoReport {
 
 /// Runs the demo, prints the table and writes the plot.
 ///
+/// # Examples
+///
+/// ```
+/// use clap::Parser;
+/// use singleflight_cli::{Cli, Command, demo};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let out = std::env::temp_dir().join("singleflight-doc-demo.svg");
+/// let cli = Cli::parse_from([
+///     "singleflight", "demo", "--clients", "5", "--spread", "50ms", "--delay", "20ms",
+///     "--out", out.to_str().unwrap(),
+/// ]);
+/// let Command::Demo(opts) = cli.command else { unreachable!() };
+/// let report = demo::run(&opts).await?;
+/// assert_eq!(report.endpoints[0].upstream_calls, 5, "/normal: one call per request");
+/// # anyhow::Ok(()) }).unwrap();
+/// ```
+///
 /// # Errors
 ///
 /// Zero clients, or a failure to start the servers or to write the plot.

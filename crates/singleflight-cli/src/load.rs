@@ -107,6 +107,24 @@ pub(crate) fn progress(len: u64, message: &str) -> ProgressBar {
 
 /// Runs the load and prints the report; returns one report per URL.
 ///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use clap::Parser;
+/// use singleflight_cli::upstream::{self, UpstreamOpts};
+/// use singleflight_cli::{Cli, Command, load};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let up = upstream::start(&UpstreamOpts::embedded(Duration::ZERO)).await?;
+/// let url = format!("{}/x", up.url());
+/// let cli = Cli::parse_from(["singleflight", "load", &url, "--requests", "20", "--concurrency", "4"]);
+/// let Command::Load(opts) = cli.command else { unreachable!() };
+/// let reports = load::run(&opts).await?;
+/// assert_eq!(reports[0].summary.ok, 20);
+/// # anyhow::Ok(()) }).unwrap();
+/// ```
+///
 /// # Errors
 ///
 /// Bad options (zero concurrency, a non-positive rate), or a failure to write

@@ -154,6 +154,22 @@ struct App {
 
 /// Starts the server (and the embedded upstream when no `--upstream` is given).
 ///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use clap::Parser;
+/// use singleflight_cli::{Cli, Command, serve};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let cli = Cli::parse_from(["singleflight", "serve", "--listen", "127.0.0.1:0", "--delay", "10ms"]);
+/// let Command::Serve(opts) = cli.command else { unreachable!() };
+/// let running = serve::start(&opts).await?;
+/// assert!(running.upstream.is_some(), "no --upstream: an embedded one");
+/// running.shutdown(Duration::from_secs(1)).await;
+/// # anyhow::Ok(()) }).unwrap();
+/// ```
+///
 /// # Errors
 ///
 /// An address that cannot be listened on, or an upstream that cannot be reached.

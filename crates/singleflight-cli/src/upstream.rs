@@ -101,6 +101,20 @@ impl Running {
 
 /// Starts the upstream; it serves until it is shut down.
 ///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use singleflight_cli::upstream::{self, UpstreamOpts};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let up = upstream::start(&UpstreamOpts::embedded(Duration::from_millis(10))).await?;
+/// assert!(up.url().starts_with("http://127.0.0.1:"));
+/// assert_eq!(*up.arrivals().borrow(), 0);
+/// assert!(up.shutdown(Duration::from_secs(1)).await);
+/// # anyhow::Ok(()) }).unwrap();
+/// ```
+///
 /// # Errors
 ///
 /// A status code out of range, or an address that cannot be listened on.

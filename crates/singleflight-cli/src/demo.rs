@@ -20,7 +20,7 @@ use crate::net::{HttpClient, http_client};
 use crate::plot::{Series, write_svg};
 use crate::prom::read_metric;
 use crate::serve::{self, ServeOpts};
-use crate::stats::{Sample, Summary, pct, table};
+use crate::stats::{Sample, Summary, pct, table, write_stdout};
 use crate::upstream::{self, UpstreamOpts};
 
 /// Options of `singleflight demo`.
@@ -147,7 +147,7 @@ pub async fn run(opts: &DemoOpts) -> anyhow::Result<DemoReport> {
     running.shutdown(Duration::from_secs(2)).await;
     upstream.shutdown(Duration::from_secs(2)).await;
 
-    print!("{}", render_table(&endpoints, opts.delay));
+    write_stdout(&render_table(&endpoints, opts.delay))?;
     let series: Vec<Series<'_>> = endpoints
         .iter()
         .map(|e| Series {
@@ -162,7 +162,7 @@ pub async fn run(opts: &DemoOpts) -> anyhow::Result<DemoReport> {
         fmt_duration(opts.delay)
     );
     write_svg(&opts.out, &title, &series, Some(opts.delay))?;
-    println!("plot: {}", opts.out.display());
+    write_stdout(&format!("plot: {}\n", opts.out.display()))?;
     Ok(DemoReport {
         endpoints,
         delay: opts.delay,

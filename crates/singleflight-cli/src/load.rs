@@ -21,7 +21,7 @@ use crate::args::{HttpUrl, parse_duration, parse_http_url};
 use crate::net::{HttpClient, http_client, with_timeout};
 use crate::plot::{Series, write_svg};
 use crate::serve::SHARED_HEADER;
-use crate::stats::{Sample, Summary, table};
+use crate::stats::{Sample, Summary, table, write_stdout};
 
 /// Options of `singleflight load`.
 #[derive(Args, Clone, Debug)]
@@ -188,12 +188,7 @@ pub async fn run(opts: &LoadOpts) -> anyhow::Result<Vec<UrlReport>> {
             out.push_str(&format!("plot: {}\n", path.display()));
         }
     }
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(out.as_bytes())
-        .context("writing the report")?;
-    stdout.flush().context("writing the report")?;
+    write_stdout(&out)?;
     Ok(reports)
 }
 

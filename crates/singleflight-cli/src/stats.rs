@@ -167,3 +167,13 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// Writes to stdout, returning the error (a closed pipe included) instead of
+/// panicking as `print!` does; `main` treats a broken pipe as success.
+pub(crate) fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The response future of [`Coalesce`](super::Coalesce).
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use singleflight::future::TryCall;
+use tower::Service;
+
+use super::body::CoalescedBody;
+use super::error::BoxError;
+use super::flight::{Failure, Flown, Make, Slot, mark};
+use super::service::{Counters, Shared};
+
+type Call<S, ReqBody> = TryCall<String, Flown, RandomState, Make<S, ReqBody>>;
+
+pin_project! {
+    /// The response future of [`Coalesce`](super::Coalesce).
+    ///
+    /// Dropping it leaves the flight to its other waiters: the upstream
+    /// request goes on for them.
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        // Not a candidate: the inner service's future, as is.
+        Passthrough {
+            #[pin]
+            future: S::Future,
+        },
+        // Leading or waiting for a flight.
+        Waiting {
+            call: Call<S, ReqBody>,
+            slot: Arc<Slot<S, ReqBody>>,
+            id: u64,
+            shared: Arc<Shared>,
+        },
+        // Sending our own request after all: the flight's response was
+        // private to its requester or varied on a header we differ in.
+        Refetching {
+            #[pin]
+            future: S::Future,
+            shared: Arc<Shared>,
+        },
+        Done,
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn passthrough(future: S::Future) -> Self {
+        Self {
+            state: State::Passthrough { future },
+        }
+    }
+
+    pub(crate) fn coalesced(
+        call: Call<S, ReqBody>,
+        slot: Arc<Slot<S, ReqBody>>,
+        id: u64,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            state: State::Waiting {
+                call,
+                slot,
+                id,
+                shared,
+            },
+        }
+    }
+}
+
+/// What a waiter does with its flight's value.
+enum Delivery<B: Body> {
+    Respond(Response<CoalescedBody<B>>),
+    Refetch,
+}
+
+fn deliver<S, ReqBody, B: Body>(
+    flown: Flown,
+    was_shared: bool,
+    id: u64,
+    slot: &Slot<S, ReqBody>,
+    shared: &Shared,
+) -> Delivery<B> {
+    let config = &*shared.config;
+    match flown {
+        Flown::Failed(failure) => Delivery::Respond(failure.response(config, was_shared)),
+        Flown::Private(private) => {
+            if private.owner != id {
+                return Delivery::Refetch;
+            }
+            match private.take() {
+                Some(response) => {
+                    let mut response = response.map(CoalescedBody::boxed);
+                    mark(response.headers_mut(), config, false);
+                    Delivery::Respond(response)
+                }
+                None => Delivery::Respond(Failure::LOST.response(config, false)),
+            }
+        }
+        Flown::Shared(response) => {
+            if !response.vary.is_empty() {
+                let own = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                let differs = own.as_ref().is_some_and(|(_, request)| {
+                    let headers = request.headers();
+                    response
+                        .vary
+                        .iter()
+                        .zip(&response.leader_values)
+                        .any(|(name, leader)| !headers.get_all(name).iter().eq(leader.iter()))
+                });
+                if differs {
+                    return Delivery::Refetch;
+                }
+            }
+            if was_shared {
+                Counters::add(&shared.counters.shared);
+            }
+            let mut head = response.head.clone();
+            mark(&mut head.headers, config, was_shared);
+            let body = CoalescedBody::shared(response.body.reader());
+            Delivery::Respond(Response::from_parts(head, body))
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    type Output = Result<Response<CoalescedBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let refetch = match state.as_mut().project() {
+                StateProj::Passthrough { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    return Poll::Ready(Ok(response.map(CoalescedBody::inner)));
+                }
+                StateProj::Waiting {
+                    call,
+                    slot,
+                    id,
+                    shared,
+                } => {
+                    let (flown, was_shared) = match ready!(Pin::new(call).poll(cx)) {
+                        Ok(outcome) => (outcome.value, outcome.shared),
+                        Err(_panicked) => (Flown::Failed(Failure::PANICKED), true),
+                    };
+                    match deliver(flown, was_shared, *id, slot, shared) {
+                        Delivery::Respond(response) => {
+                            state.set(State::Done);
+                            return Poll::Ready(Ok(response));
+                        }
+                        Delivery::Refetch => {
+                            let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+                            let Some((mut service, request)) = taken else {
+                                let response = Failure::LOST.response(&shared.config, false);
+                                state.set(State::Done);
+                                return Poll::Ready(Ok(response));
+                            };
+                            Counters::add(&shared.counters.refetched);
+                            State::Refetching {
+                                future: service.call(request),
+                                shared: Arc::clone(shared),
+                            }
+                        }
+                    }
+                }
+                StateProj::Refetching { future, shared } => {
+                    let mut response = match ready!(future.poll(cx)) {
+                        Ok(response) => response.map(CoalescedBody::inner),
+                        Err(error) => {
+                            let error: BoxError = error.into();
+                            Failure::of(&*error).response(&shared.config, false)
+                        }
+                    };
+                    mark(response.headers_mut(), &shared.config, false);
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            };
+            state.set(refetch);
+        }
+    }
+}
+
+impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Passthrough { .. } => "Passthrough",
+            State::Waiting { .. } => "Waiting",
+            State::Refetching { .. } => "Refetching",
+            State::Done => "Done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}

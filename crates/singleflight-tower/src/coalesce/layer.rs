@@ -1,0 +1,290 @@
+//! The layer: the settings of [`Coalesce`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::header::ACCEPT_ENCODING;
+use http::request::Parts;
+use tower::Layer;
+
+use super::service::Coalesce;
+
+/// Decides, from a request's head, whether it goes straight through.
+pub(crate) type BypassFn = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
+/// Makes the key of a request from its head; `None` sends it straight through.
+pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// The default name of the header that opts a request out.
+pub const DEFAULT_BYPASS_HEADER: &str = "x-singleflight-bypass";
+/// The default name of the response header that says whether a response
+/// was shared.
+pub const DEFAULT_SHARED_HEADER: &str = "x-singleflight-shared";
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) key_headers: Vec<HeaderName>,
+    pub(crate) bypass_header: Option<HeaderName>,
+    pub(crate) bypass_if: Option<BypassFn>,
+    pub(crate) key_fn: Option<KeyFn>,
+    pub(crate) shared_header: Option<HeaderName>,
+    pub(crate) max_buffer: usize,
+    pub(crate) private_bypass: Duration,
+    pub(crate) remembered: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            key_headers: vec![ACCEPT_ENCODING],
+            bypass_header: Some(HeaderName::from_static(DEFAULT_BYPASS_HEADER)),
+            bypass_if: None,
+            key_fn: None,
+            shared_header: Some(HeaderName::from_static(DEFAULT_SHARED_HEADER)),
+            max_buffer: 4 << 20,
+            private_bypass: Duration::from_secs(30),
+            remembered: 4096,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoalesceLayer")
+            .field("key_headers", &self.key_headers)
+            .field("bypass_header", &self.bypass_header)
+            .field("bypass_if", &self.bypass_if.as_ref().map(|_| ".."))
+            .field("key_fn", &self.key_fn.as_ref().map(|_| ".."))
+            .field("shared_header", &self.shared_header)
+            .field("max_buffer", &self.max_buffer)
+            .field("private_bypass", &self.private_bypass)
+            .field("remembered", &self.remembered)
+            .finish()
+    }
+}
+
+/// Coalesces identical concurrent HTTP requests: wraps a service in
+/// [`Coalesce`].
+///
+/// The defaults are safe for any service: only `GET` and `HEAD` requests
+/// without a body are coalesced, never one that carries `Authorization` or
+/// `Cookie`, and a response that is private to its requester (`Set-Cookie`,
+/// `Cache-Control: private` or `no-store`, `Vary: *`) is never given to
+/// another. See [`Coalesce`] for the whole behaviour.
+///
+/// Each service the layer wraps gets its own flights; clones of that
+/// service share them.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use http::header::ACCEPT_LANGUAGE;
+/// use singleflight_tower::CoalesceLayer;
+///
+/// let layer = CoalesceLayer::new()
+///     .key_header(ACCEPT_LANGUAGE)
+///     .max_buffer(1 << 20)
+///     .private_bypass(Duration::from_secs(10))
+///     .bypass_if(|head| head.uri.path().starts_with("/admin"));
+/// # drop(layer);
+/// ```
+#[derive(Clone, Default)]
+pub struct CoalesceLayer {
+    pub(crate) config: Arc<Config>,
+}
+
+impl CoalesceLayer {
+    /// The layer with the default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Adds `name` to the request headers whose values are part of the key
+    /// (by default only `Accept-Encoding`): requests that differ in it are
+    /// not coalesced together.
+    ///
+    /// Listing `Authorization` or `Cookie` here is what lets requests that
+    /// carry them be coalesced, each with those whose value is identical.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new()
+    ///     .key_header(http::header::AUTHORIZATION);
+    /// # drop(layer);
+    /// ```
+    pub fn key_header(mut self, name: HeaderName) -> Self {
+        let headers = &mut self.config().key_headers;
+        if !headers.contains(&name) {
+            headers.push(name);
+        }
+        self
+    }
+
+    /// Replaces the request headers whose values are part of the key
+    /// (by default `Accept-Encoding`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Only method, scheme, authority, path and query.
+    /// let layer = singleflight_tower::CoalesceLayer::new().key_headers([]);
+    /// # drop(layer);
+    /// ```
+    pub fn key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config().key_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Sets the request header whose presence sends a request straight
+    /// through (by default [`DEFAULT_BYPASS_HEADER`]); `None` turns it off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use http::HeaderName;
+    ///
+    /// let layer = singleflight_tower::CoalesceLayer::new()
+    ///     .bypass_header(Some(HeaderName::from_static("x-no-coalesce")));
+    /// # drop(layer);
+    /// ```
+    pub fn bypass_header(mut self, name: Option<HeaderName>) -> Self {
+        self.config().bypass_header = name;
+        self
+    }
+
+    /// Sends a request straight through when `predicate` returns true for
+    /// its head.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new()
+    ///     .bypass_if(|head| head.uri.query().is_some_and(|q| q.contains("fresh")));
+    /// # drop(layer);
+    /// ```
+    pub fn bypass_if<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&Parts) -> bool + Send + Sync + 'static,
+    {
+        self.config().bypass_if = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Replaces the key with what `key` returns for a request's head;
+    /// `None` sends the request straight through.
+    ///
+    /// The rules still apply: only `GET` and `HEAD` without a body, never a
+    /// request with `Authorization` or `Cookie` unless that header is listed
+    /// with [`key_header`](Self::key_header), and responses' `Vary` and
+    /// privacy are honoured. The method is always part of the key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Coalesce by path alone, ignoring the query string.
+    /// let layer = singleflight_tower::CoalesceLayer::new()
+    ///     .key_fn(|head| Some(head.uri.path().to_owned()));
+    /// # drop(layer);
+    /// ```
+    pub fn key_fn<F>(mut self, key: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.config().key_fn = Some(Arc::new(key));
+        self
+    }
+
+    /// Sets the response header that says whether a coalesced request's
+    /// response was shared (`true`) or not (`false`); by default
+    /// [`DEFAULT_SHARED_HEADER`]. `None` turns it off. Requests that are not
+    /// candidates (other methods, opted out) never get it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().shared_header(None);
+    /// # drop(layer);
+    /// ```
+    pub fn shared_header(mut self, name: Option<HeaderName>) -> Self {
+        self.config().shared_header = name;
+        self
+    }
+
+    /// Caps the bytes of body a flight keeps for its waiters (by default
+    /// 4 MiB).
+    ///
+    /// Every waiter reads the shared body at its own pace; the flight keeps
+    /// what it received so that slower ones can catch up. A body no longer
+    /// than `bytes` therefore always reaches every waiter whole, however
+    /// slow. Past it, the oldest chunks are dropped (the newest chunk is
+    /// always kept) and a waiter that still needed one fails with
+    /// [`Error::FellBehind`](super::Error::FellBehind): its client sees an
+    /// aborted response, never a truncated one that looks whole. The
+    /// others, and the upstream, are not slowed down by it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().max_buffer(16 << 20);
+    /// # drop(layer);
+    /// ```
+    pub fn max_buffer(mut self, bytes: usize) -> Self {
+        self.config().max_buffer = bytes;
+        self
+    }
+
+    /// How long requests for a resource go straight through after it
+    /// answered with a response private to its requester (by default 30 s).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let layer = singleflight_tower::CoalesceLayer::new()
+    ///     .private_bypass(Duration::from_secs(60));
+    /// # drop(layer);
+    /// ```
+    pub fn private_bypass(mut self, duration: Duration) -> Self {
+        self.config().private_bypass = duration;
+        self
+    }
+
+    /// How many resources (method, scheme, authority, path and query) the
+    /// layer remembers something about: the `Vary` of their last response,
+    /// or that they answer privately (by default 4096). The least recently
+    /// used are forgotten first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().remember(100_000);
+    /// # drop(layer);
+    /// ```
+    pub fn remember(mut self, resources: usize) -> Self {
+        self.config().remembered = resources.max(1);
+        self
+    }
+}
+
+impl fmt::Debug for CoalesceLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.config.fmt(f)
+    }
+}
+
+impl<S> Layer<S> for CoalesceLayer {
+    type Service = Coalesce<S>;
+
+    fn layer(&self, inner: S) -> Coalesce<S> {
+        Coalesce::with_layer(inner, self)
+    }
+}

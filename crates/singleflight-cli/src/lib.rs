@@ -25,6 +25,7 @@ pub mod load;
 mod net;
 mod plot;
 mod prom;
+pub mod proxy;
 pub mod serve;
 mod stats;
 pub mod upstream;
@@ -54,6 +55,8 @@ pub enum Command {
     Demo(demo::DemoOpts),
     /// Sends requests to URLs and reports latency percentiles and status counts.
     Load(load::LoadOpts),
+    /// A reverse proxy that coalesces identical concurrent GET/HEAD requests.
+    Proxy(proxy::ProxyOpts),
 }
 
 /// Input the user can fix (a bad flag value, a busy port, an unreachable
@@ -184,6 +187,7 @@ pub async fn run_async(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(opts) => demo::run(&opts).await.map(|_| ()),
         Command::Load(opts) => load::run(&opts).await.map(|_| ()),
+        Command::Proxy(opts) => proxy::run(&opts).await,
     }
 }
 

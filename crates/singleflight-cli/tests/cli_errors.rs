@@ -95,3 +95,54 @@ fn help_is_success() {
         assert!(help.contains(sub), "{help}");
     }
 }
+
+fn config_file(name: &str, text: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn config_with_an_unknown_key() {
+    let path = config_file(
+        "unknown-key.toml",
+        "upstream = \"http://127.0.0.1:9\"\nlisten_addr = \"127.0.0.1:0\"\n",
+    );
+    assert_bad_input(
+        &["proxy", "--config", &path],
+        &[&path, "line 2", "listen_addr"],
+    );
+}
+
+#[test]
+fn config_with_a_wrong_type() {
+    let path = config_file(
+        "wrong-type.toml",
+        "upstream = \"http://127.0.0.1:9\"\nmax_connections = \"many\"\n",
+    );
+    assert_bad_input(&["proxy", "--config", &path], &[&path, "line 2"]);
+    let path = config_file(
+        "bad-duration.toml",
+        "upstream = \"http://127.0.0.1:9\"\nmax_wait = \"later\"\n",
+    );
+    assert_bad_input(&["proxy", "--config", &path], &[&path, "max_wait", "later"]);
+}
+
+#[test]
+fn proxy_without_upstream() {
+    assert_bad_input(&["proxy", "--listen", "127.0.0.1:0"], &["--upstream"]);
+}
+
+#[test]
+fn proxy_with_unreachable_upstream() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    assert_bad_input(
+        &["proxy", "--listen", "127.0.0.1:0", "--upstream", &url],
+        &["--upstream", "start it first"],
+    );
+}

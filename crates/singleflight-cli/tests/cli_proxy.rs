@@ -1,0 +1,197 @@
+//! `proxy` end to end through real loopback sockets, and its config file.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use singleflight_cli::{Cli, Command, proxy, upstream};
+
+fn proxy_opts(args: &[&str]) -> proxy::ProxyOpts {
+    let argv = ["singleflight", "proxy"].iter().chain(args);
+    match Cli::parse_from(argv).command {
+        Command::Proxy(opts) => opts,
+        other => panic!("parsed {other:?}"),
+    }
+}
+
+async fn start(upstream: &upstream::Running, extra: &[&str]) -> proxy::Running {
+    let url = upstream.url();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--upstream",
+        &url,
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    proxy::start(proxy_opts(&args).resolve().unwrap())
+        .await
+        .unwrap()
+}
+
+async fn post(url: &str, body: &'static [u8]) -> u16 {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let request = http::Request::post(url)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_gets_makes_one_upstream_request_and_posts_are_never_coalesced() {
+    // A long upstream delay gives the whole burst time to join the first request's flight.
+    let up = upstream::start(&upstream_opts(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--delay",
+        "1s",
+    ]))
+    .await
+    .unwrap();
+    let proxy = start(&up, &[]).await;
+    let client = client();
+    let url = format!("{}/report?id=7", proxy.url());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.spawn(async move { get(&client, &url).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (status, headers, body) = done.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        assert_eq!(headers.get("x-singleflight-shared").unwrap(), "true");
+    }
+    assert_eq!(upstream_requests(&client, &up.url()).await, 1);
+
+    let posts: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            async move { post(&url, b"write").await }
+        })
+        .collect();
+    for status in futures_join(posts).await {
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        upstream_requests(&client, &up.url()).await,
+        4,
+        "every POST reaches the upstream"
+    );
+
+    let admin = proxy.admin_url().unwrap();
+    let (_, _, metrics) = get(&client, &format!("{admin}/metrics")).await;
+    assert_eq!(
+        singleflight_cli::read_metric(&metrics, "singleflight_flights_total", None),
+        Some(1.0)
+    );
+    assert_eq!(
+        singleflight_cli::read_metric(&metrics, "proxy_upstream_requests_total", None),
+        Some(4.0)
+    );
+    assert_eq!(
+        singleflight_cli::read_metric(&metrics, "proxy_requests_total", None),
+        Some(13.0)
+    );
+    let (status, _, _) = get(&client, &format!("{admin}/healthz")).await;
+    assert_eq!(status, 200);
+    assert!(proxy.shutdown().await);
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn futures_join<F: std::future::Future<Output = u16> + Send + 'static>(
+    futures: Vec<F>,
+) -> Vec<u16> {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futures {
+        set.spawn(f);
+    }
+    let mut out = Vec::new();
+    while let Some(done) = set.join_next().await {
+        out.push(done.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413_and_not_sent() {
+    let up = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
+        .await
+        .unwrap();
+    let proxy = start(&up, &["--max-body-bytes", "4"]).await;
+    assert_eq!(post(&format!("{}/x", proxy.url()), b"too long").await, 413);
+    assert_eq!(post(&format!("{}/x", proxy.url()), b"ok").await, 200);
+    assert_eq!(upstream_requests(&client(), &up.url()).await, 1);
+    proxy.shutdown().await;
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_gone_at_run_time_is_a_502() {
+    let up = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
+        .await
+        .unwrap();
+    let proxy = start(&up, &[]).await;
+    up.shutdown(Duration::from_secs(2)).await;
+    let (status, _, body) = get(&client(), &format!("{}/x", proxy.url())).await;
+    assert_eq!(status, 502, "{body}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_completes_a_request_in_flight() {
+    let up = upstream::start(&upstream_opts(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--delay",
+        "300ms",
+    ]))
+    .await
+    .unwrap();
+    let mut arrivals = up.arrivals();
+    let proxy = start(&up, &[]).await;
+    let url = format!("{}/slow", proxy.url());
+    let in_flight = tokio::spawn(async move { get(&client(), &url).await });
+    arrivals.wait_for(|n| *n >= 1).await.unwrap();
+    assert!(
+        proxy.shutdown().await,
+        "finished within the shutdown timeout"
+    );
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("proxy-override.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:7001\"\nupstream = \"http://127.0.0.1:7002\"\nupstream_timeout = \"3s\"\nmax_connections = 5\n",
+    )
+    .unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let config = proxy_opts(&["--config", &path, "--listen", "127.0.0.1:7003"])
+        .resolve()
+        .unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:7003", "the flag wins");
+    assert_eq!(
+        config.upstream.host_port(),
+        "127.0.0.1:7002",
+        "the file fills the rest"
+    );
+    assert_eq!(config.upstream_timeout, Duration::from_secs(3));
+    assert_eq!(config.max_connections, 5);
+}

@@ -47,7 +47,11 @@ const BACKLOG: u32 = 4096;
 /// Binds `addr`, turning the usual failures into a message that says the fix.
 pub(crate) async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     let listen = || -> io::Result<TcpListener> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         #[cfg(unix)]
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;

@@ -619,16 +619,26 @@ async fn accept_loop(
             },
             _ = stopped.wait_for(|s| *s) => break,
         };
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Per-connection failures (reset before accept, out of descriptors) must not stop the proxy.
-                    tracing::warn!("accepting a connection: {e}");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = stopped.wait_for(|s| *s) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Per-connection failures must not stop the proxy. Out of
+                // descriptors (a --max-connections above the process's
+                // limit) fails at once on every try: back off instead of
+                // spinning, as hyper and axum do.
+                tracing::warn!("accepting a connection: {e}");
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);

@@ -11,9 +11,23 @@ ROUNDS=${1:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-256}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-BIN=${BIN:-$ROOT/target/release/singleflight}
+if [ -z "${BIN:-}" ]; then
+  # Build (a no-op when up to date) unless a binary is given.
+  (cd "$ROOT" && cargo build --release -q -p singleflight-cli)
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
+fi
 GOBIN=${GOBIN:-/tmp/singleflight-go-server}
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release -p singleflight-cli)
+# What a fresh machine lacks: wrk, and for the Go reference golang-go and
+# golang-golang-x-sync-dev (Debian's packages, GOPATH mode, no module download).
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v go >/dev/null 2>&1 && [ -d /usr/share/gocode/src/golang.org/x/sync/singleflight ] || need+=(golang-go golang-golang-x-sync-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" </dev/null
+fi
 (cd "$ROOT/crates/singleflight-bench/go/server" && GO111MODULE=off GOPATH=/usr/share/gocode go build -o "$GOBIN" .)
 
 UP=127.0.0.1:18181 RS=127.0.0.1:18180 GO=127.0.0.1:18190

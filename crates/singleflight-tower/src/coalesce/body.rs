@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -38,16 +38,13 @@ use super::error::{BoxError, Error};
 /// An upstream body with its data turned into `Bytes` and its error boxed.
 pub(crate) type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Boxes `body`, turning its data into `Bytes` (free when it already is).
+/// Boxes an upstream body.
 pub(crate) fn box_body<B>(body: B) -> BoxBody
 where
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
-        .map_err(Into::into)
-        .boxed_unsync()
+    body.map_err(Into::into).boxed_unsync()
 }
 
 /// Locks `mutex`, ignoring poisoning: every critical section here leaves the
@@ -298,8 +295,7 @@ pin_project! {
     /// The response body of [`Coalesce`](super::Coalesce).
     ///
     /// For a request that was not coalesced it is the inner service's body,
-    /// unchanged but for its data becoming [`Bytes`] and its error an
-    /// [`Error`]. For a coalesced one it reads the body the flight shares,
+    /// unchanged but for its error becoming an [`Error`]. For a coalesced one it reads the body the flight shares,
     /// from the first byte, as fast as this waiter's client takes it: it
     /// yields exactly the upstream's bytes, or fails with an [`Error`]
     /// (upstream failure, or [`Error::FellBehind`]), never a short clean end.
@@ -333,6 +329,7 @@ pin_project! {
 impl<B: Body> CoalescedBody<B> {
     pub(crate) fn inner(body: B) -> Self
     where
+        B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
         Self {
@@ -362,7 +359,7 @@ impl<B: Body> CoalescedBody<B> {
     }
 }
 
-impl<B: Body> Body for CoalescedBody<B> {
+impl<B: Body<Data = Bytes>> Body for CoalescedBody<B> {
     type Data = Bytes;
     type Error = Error;
 
@@ -371,15 +368,9 @@ impl<B: Body> Body for CoalescedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match self.project().kind.project() {
-            KindProj::Inner { body, map_err } => body.poll_frame(cx).map(|frame| {
-                frame.map(|frame| {
-                    frame
-                        .map(|frame| {
-                            frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
-                        })
-                        .map_err(*map_err)
-                })
-            }),
+            KindProj::Inner { body, map_err } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(*map_err))),
             KindProj::Boxed { body } => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|frame| frame.map_err(Error::upstream))),

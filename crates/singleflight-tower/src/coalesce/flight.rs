@@ -188,7 +188,7 @@ pin_project! {
             leader_headers: HeaderMap,
             shared: Arc<Shared>,
             id: u64,
-            resource: String,
+            resource: u64,
         },
         Lost,
     }
@@ -203,7 +203,7 @@ where
         shared: Arc<Shared>,
         slot: &Slot<S, ReqBody>,
         id: u64,
-        resource: String,
+        resource: u64,
     ) -> Self {
         let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some((mut service, request)) = taken else {
@@ -225,8 +225,7 @@ impl<S, ReqBody, ResBody> Future for Work<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     type Output = Flown;
@@ -266,7 +265,7 @@ where
             .filter(|name| !config.key_headers.contains(name))
             .cloned()
             .collect();
-        let known = shared.memo.get(resource.as_str());
+        let known = shared.memo.get(resource);
         if known
             .as_ref()
             .map_or(!extra.is_empty(), |memo| *memo.vary != *extra)
@@ -284,8 +283,8 @@ where
 }
 
 /// Updates what the layer remembers about `resource`.
-fn remember(shared: &Shared, resource: &str, update: impl FnOnce(&mut Memo)) {
+fn remember(shared: &Shared, resource: &u64, update: impl FnOnce(&mut Memo)) {
     let mut memo = shared.memo.get(resource).unwrap_or_default();
     update(&mut memo);
-    shared.memo.insert(resource.to_owned(), memo);
+    shared.memo.insert(*resource, memo);
 }

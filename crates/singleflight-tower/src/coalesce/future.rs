@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -45,12 +46,10 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
-        // Leading or waiting for a flight.
+        // Leading or waiting for a flight; boxed, so that the future of a
+        // request that is not coalesced stays small.
         Waiting {
-            call: Call<S, ReqBody>,
-            slot: Arc<Slot<S, ReqBody>>,
-            id: u64,
-            shared: Arc<Shared>,
+            waiting: Box<Waiting<S, ReqBody>>,
         },
         // Sending our own request after all: the flight's response was
         // private to its requester or varied on a header we differ in.
@@ -81,13 +80,26 @@ where
     ) -> Self {
         Self {
             state: State::Waiting {
-                call,
-                slot,
-                id,
-                shared,
+                waiting: Box::new(Waiting {
+                    call,
+                    slot,
+                    id,
+                    shared,
+                }),
             },
         }
     }
+}
+
+/// A coalesced request waiting for its flight.
+struct Waiting<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    call: Call<S, ReqBody>,
+    slot: Arc<Slot<S, ReqBody>>,
+    id: u64,
+    shared: Arc<Shared>,
 }
 
 /// What a waiter does with its flight's value.
@@ -151,8 +163,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     ReqBody: Send + 'static,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     type Output = Result<Response<CoalescedBody<ResBody>>, S::Error>;
@@ -165,12 +176,13 @@ where
                     let response = ready!(future.poll(cx))?;
                     return Poll::Ready(Ok(response.map(CoalescedBody::inner)));
                 }
-                StateProj::Waiting {
-                    call,
-                    slot,
-                    id,
-                    shared,
-                } => {
+                StateProj::Waiting { waiting } => {
+                    let Waiting {
+                        call,
+                        slot,
+                        id,
+                        shared,
+                    } = &mut **waiting;
                     let (flown, was_shared) = match ready!(Pin::new(call).poll(cx)) {
                         Ok(outcome) => (outcome.value, outcome.shared),
                         Err(_panicked) => (Flown::Failed(Failure::PANICKED), true),

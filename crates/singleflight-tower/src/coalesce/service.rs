@@ -1,12 +1,14 @@
 //! The service: decides which requests are coalesced, and under what key.
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::fmt::Write as _;
+use std::hash::BuildHasher;
 use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method, Request, Response};
@@ -78,15 +80,17 @@ pub struct Stats {
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) group: Group<String, Flown>,
-    pub(crate) memo: quick_cache::sync::Cache<String, Memo>,
+    /// What is remembered per resource, by the resource's hash.
+    pub(crate) memo: quick_cache::sync::Cache<u64, Memo>,
+    resources: RandomState,
     pub(crate) counters: Counters,
     next_id: AtomicU64,
 }
 
 impl Shared {
-    /// The key of a candidate request and its resource, or `None` when it
-    /// must go straight through.
-    fn key(&self, head: &Parts, body_is_empty: bool) -> Option<(String, String)> {
+    /// The key of a candidate request and the hash of its resource, or
+    /// `None` when it must go straight through.
+    fn key(&self, head: &Parts, body_is_empty: bool) -> Option<(String, u64)> {
         let config = &*self.config;
         if !body_is_empty {
             return None;
@@ -106,25 +110,33 @@ impl Shared {
         {
             return None;
         }
-        let resource = resource(head);
+        let mut key = String::with_capacity(96);
+        push_resource(&mut key, head);
+        // The memo is keyed by the resource's hash: a collision could at
+        // worst add headers to a key or send requests straight through, and
+        // each waiter still checks the response's `Vary` against its own
+        // request.
+        let resource = self.resources.hash_one(key.as_str());
         let memo = self.memo.get(&resource);
         if let Some(until) = memo.as_ref().and_then(|memo| memo.bypass_until)
             && Instant::now() < until
         {
             return None;
         }
-        let mut key = match &config.key_fn {
-            Some(key_fn) => {
-                // Prefixed by the method, and marked so that a custom key
-                // never equals a built one.
-                let custom = key_fn(head)?;
-                format!("{} custom:{custom}", head.method)
-            }
-            None => resource.clone(),
-        };
+        if let Some(key_fn) = &config.key_fn {
+            // Prefixed by the method, and marked so that a custom key never
+            // equals a built one.
+            let custom = key_fn(head)?;
+            key.clear();
+            key.push_str(head.method.as_str());
+            key.push_str(" custom:");
+            key.push_str(&custom);
+        }
         let vary = memo.map(|memo| memo.vary).unwrap_or_default();
         for name in config.key_headers.iter().chain(vary.iter()) {
-            let _ = write!(key, "\n{name}:");
+            key.push('\n');
+            key.push_str(name.as_str());
+            key.push(':');
             for (i, value) in head.headers.get_all(name).iter().enumerate() {
                 if i > 0 {
                     key.push(',');
@@ -136,17 +148,20 @@ impl Shared {
     }
 }
 
-/// Method, scheme, authority, path and query of a request.
-fn resource(head: &Parts) -> String {
+/// Appends method, scheme, authority, path and query of a request.
+fn push_resource(key: &mut String, head: &Parts) {
     let uri = &head.uri;
     let authority = uri
         .authority()
         .map(|authority| authority.as_str())
         .or_else(|| head.headers.get(HOST).and_then(|host| host.to_str().ok()))
         .unwrap_or("");
-    let scheme = uri.scheme_str().unwrap_or("");
-    let path = uri.path_and_query().map_or("/", |path| path.as_str());
-    format!("{} {scheme}://{authority}{path}", head.method)
+    key.push_str(head.method.as_str());
+    key.push(' ');
+    key.push_str(uri.scheme_str().unwrap_or(""));
+    key.push_str("://");
+    key.push_str(authority);
+    key.push_str(uri.path_and_query().map_or("/", |path| path.as_str()));
 }
 
 /// Coalesces identical concurrent HTTP requests to the inner service; made
@@ -253,6 +268,7 @@ impl<S> Coalesce<S> {
                 config,
                 group: Group::new(),
                 memo,
+                resources: RandomState::new(),
                 counters: Counters::default(),
                 next_id: AtomicU64::new(0),
             }),
@@ -335,8 +351,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     ReqBody: Body + Send + 'static,
-    ResBody: Body + Send + 'static,
-    ResBody::Data: Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     type Response = Response<CoalescedBody<ResBody>>;

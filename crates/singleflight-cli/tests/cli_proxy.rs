@@ -195,3 +195,57 @@ fn flags_override_the_config_file() {
     assert_eq!(config.upstream_timeout, Duration::from_secs(3));
     assert_eq!(config.max_connections, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_wait_answers_504_to_a_request_that_waited_too_long() {
+    let up = upstream::start(&upstream_opts(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--delay",
+        "500ms",
+    ]))
+    .await
+    .unwrap();
+    let mut arrivals = up.arrivals();
+    let patient = start(&up, &[]).await;
+    let hasty = start(&up, &["--max-wait", "50ms"]).await;
+    let (status, _, body) = get(&client(), &format!("{}/slow", hasty.url())).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("gave up waiting"), "{body}");
+    // Without --max-wait the same upstream answers in full.
+    let (status, _, body) = get(&client(), &format!("{}/slow", patient.url())).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    arrivals.wait_for(|n| *n >= 2).await.unwrap();
+    hasty.shutdown().await;
+    patient.shutdown().await;
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_the_limit_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
+        .await
+        .unwrap();
+    let proxy = start(&up, &["--max-header-bytes", "8192"]).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let big = "x".repeat(20_000);
+    let request = format!("GET /x HTTP/1.1\r\nhost: test\r\nx-big: {big}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert_eq!(
+        upstream_requests(&client(), &up.url()).await,
+        0,
+        "nothing reached the upstream"
+    );
+    proxy.shutdown().await;
+    up.shutdown(Duration::from_secs(2)).await;
+}

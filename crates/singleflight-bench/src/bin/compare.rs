@@ -16,7 +16,7 @@ use std::time::Duration;
 use singleflight_bench::asynch::{
     self, AsyncSingleflight, Coalescer, FLOOR, Moka, SingleflightAsync,
 };
-use singleflight_bench::blocking::{self, Blocking, Crate03, Floor, Ours};
+use singleflight_bench::blocking::{self, Blocking, Crate03, Floor, Ours, ReleaseOnly};
 use singleflight_bench::go::GoPeer;
 use singleflight_bench::report::{Table, Target, targets_markdown};
 
@@ -62,7 +62,7 @@ fn parse() -> Result<Options, String> {
         }
     }
     if opts.reps == 0 {
-        opts.reps = if opts.quick { 3 } else { 7 };
+        opts.reps = if opts.quick { 3 } else { 15 };
     }
     Ok(opts)
 }
@@ -109,7 +109,9 @@ fn run_sync(opts: &Options) -> Result<String, String> {
     let names: Vec<&str> = contenders.iter().map(|c| c.name()).collect();
     let n = if opts.quick { 200_000 } else { 1_000_000 };
     let hot_n = if opts.quick { 5_000 } else { 20_000 };
-    let (herd_threads, herd_rounds, herd_block) = (1000, 20, 5);
+    let (herd_threads, herd_block) = (1000, 5);
+    let blocks = if opts.quick { 1 } else { 4 };
+    let herd_rounds = blocks * herd_block;
     let work = Duration::from_millis(10);
 
     let mut keys = Table::new(
@@ -128,12 +130,14 @@ fn run_sync(opts: &Options) -> Result<String, String> {
         "ns/op",
         &names,
     );
+    let mut herd_names = names.clone();
+    herd_names.push(ReleaseOnly::NAME);
     let mut herd = Table::new(
         format!(
             "herd: {herd_threads} threads on one key, 10 ms of work, {herd_rounds} rounds (floor: no coalescing, every thread sleeps)"
         ),
         "ms/round",
-        &names,
+        &herd_names,
     );
     herd.minus = 10.0;
 
@@ -182,11 +186,6 @@ fn run_sync(opts: &Options) -> Result<String, String> {
         }
     }
     // The herd in blocks of rounds, contenders interleaved block by block.
-    let blocks = if opts.quick {
-        1
-    } else {
-        herd_rounds / herd_block
-    };
     for b in 0..blocks {
         eprintln!("sync: herd block {}/{blocks}", b + 1);
         for c in rotated(&contenders, b) {
@@ -216,6 +215,11 @@ fn run_sync(opts: &Options) -> Result<String, String> {
             for r in rounds {
                 herd.push(c.name(), r / 1e6);
             }
+        }
+        // The harness alone has no work: add back the 10 ms the table takes off.
+        let (rounds, _) = blocking::herd::<ReleaseOnly>(herd_threads, work, herd_block);
+        for r in rounds {
+            herd.push(ReleaseOnly::NAME, r / 1e6 + 10.0);
         }
     }
 
@@ -255,7 +259,22 @@ fn run_sync(opts: &Options) -> Result<String, String> {
         1.3,
         "ns/op",
     ));
+    // Context, not a target: how two threads scale on this machine at all.
+    targets.push(Target::ratio(
+        "(context, not a target) the floor's 2-thread / 1-thread ratio",
+        d2.median(Floor::NAME),
+        d1.median(Floor::NAME),
+        1.3,
+        "ns/op",
+    ));
     if opts.go.is_some() {
+        targets.push(Target::ratio(
+            "(context, not a target) Go's 2-thread / 1-thread ratio",
+            d2.median(GO),
+            d1.median(GO),
+            1.3,
+            "ns/op",
+        ));
         targets.push(Target::ratio(
             "herd: round minus 10 ms <= Go's",
             herd.median(Ours::NAME),

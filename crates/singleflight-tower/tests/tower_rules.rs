@@ -597,3 +597,24 @@ async fn axum_router_coalesces_concurrent_gets_and_never_posts() {
     // One run for the three GETs, one per POST.
     assert_eq!(runs.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn the_core_group_counts_the_flights_when_metrics_are_on() {
+    let (mut service, mut upstreams) = layered(CoalesceLayer::new().metrics("tower-test"));
+    let pending = vec![
+        start(&mut service, get("/counted")).await,
+        start(&mut service, get("/counted")).await,
+        start(&mut service, get("/counted")).await,
+    ];
+    answer(&mut upstreams, text("x")).await;
+    for pending in pending {
+        finish(pending).await;
+    }
+    let stats = service.group_stats().expect("metrics are on");
+    assert_eq!((stats.calls, stats.executions), (3, 1));
+    assert!(
+        stats.shared >= 2,
+        "the followers got a shared value: {stats:?}"
+    );
+    assert_eq!((stats.flights, stats.waiters), (0, 0));
+}

@@ -32,6 +32,7 @@ pub(crate) struct Config {
     pub(crate) max_buffer: usize,
     pub(crate) private_bypass: Duration,
     pub(crate) remembered: usize,
+    pub(crate) metrics: Option<String>,
 }
 
 impl Default for Config {
@@ -45,6 +46,7 @@ impl Default for Config {
             max_buffer: 4 << 20,
             private_bypass: Duration::from_secs(30),
             remembered: 4096,
+            metrics: None,
         }
     }
 }
@@ -60,6 +62,7 @@ impl fmt::Debug for Config {
             .field("max_buffer", &self.max_buffer)
             .field("private_bypass", &self.private_bypass)
             .field("remembered", &self.remembered)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -271,6 +274,30 @@ impl CoalesceLayer {
     /// ```
     pub fn remember(mut self, resources: usize) -> Self {
         self.config().remembered = resources.max(1);
+        self
+    }
+}
+
+impl CoalesceLayer {
+    /// Turns on the core group's counters for the flights (calls,
+    /// executions, shared results, cancellations, panics, flights and
+    /// waiters in progress), readable with
+    /// [`Coalesce::group_stats`](super::Coalesce::group_stats) and, with
+    /// this crate's `metrics` feature, exported through the `metrics`
+    /// facade labelled `group = name` (see
+    /// [`singleflight::policy::METRIC_NAMES`]).
+    ///
+    /// The layer's own HTTP counters ([`Coalesce::stats`](super::Coalesce::stats))
+    /// are always on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().metrics("api");
+    /// # drop(layer);
+    /// ```
+    pub fn metrics(mut self, name: impl Into<String>) -> Self {
+        self.config().metrics = Some(name.into());
         self
     }
 }

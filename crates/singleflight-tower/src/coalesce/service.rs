@@ -262,11 +262,15 @@ impl<S> Coalesce<S> {
     pub(crate) fn with_layer(inner: S, layer: &CoalesceLayer) -> Self {
         let config = Arc::clone(&layer.config);
         let memo = quick_cache::sync::Cache::new(config.remembered);
+        let group = match &config.metrics {
+            Some(name) => Group::builder().metrics(name.clone()).build(),
+            None => Group::new(),
+        };
         Self {
             inner,
             shared: Arc::new(Shared {
                 config,
-                group: Group::new(),
+                group,
                 memo,
                 resources: RandomState::new(),
                 counters: Counters::default(),
@@ -311,6 +315,23 @@ impl<S> Coalesce<S> {
             refetched: load(&counters.refetched),
             upstream_errors: load(&counters.upstream_errors),
         }
+    }
+
+    /// The core group's counters, when [`CoalesceLayer::metrics`] turned
+    /// them on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use singleflight_tower::{Coalesce, CoalesceLayer};
+    /// use tower::Layer;
+    ///
+    /// let service: Coalesce<()> = CoalesceLayer::new().metrics("api").layer(());
+    /// assert_eq!(service.group_stats().map(|stats| stats.calls), Some(0));
+    /// assert!(Coalesce::new(()).group_stats().is_none());
+    /// ```
+    pub fn group_stats(&self) -> Option<singleflight::policy::Stats> {
+        self.shared.group.stats()
     }
 
     /// The number of flights in progress.

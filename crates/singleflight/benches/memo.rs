@@ -82,6 +82,9 @@ fn memo_hit(c: &mut Criterion) {
     bench.bench_function("instant_now", |b| {
         b.iter(|| black_box(std::time::Instant::now()))
     });
+    bench.bench_function("coarse_now", |b| {
+        b.iter(|| black_box(coarsetime::Instant::now_without_cache_update()))
+    });
 
     // For scale: the plain group (no policy), a lone call that runs the work.
     let plain = singleflight::sync::Group::<u64, u64>::new();

@@ -142,6 +142,7 @@ where
     }
 
     /// `try_call` with policies: the errors `call` cannot express panic.
+    #[inline]
     pub(super) fn try_call_policed<F>(
         &self,
         policy: &Policies<K, T>,
@@ -176,6 +177,7 @@ where
         }
     }
 
+    #[inline]
     fn policed<F>(
         &self,
         p: &Policies<K, T>,
@@ -187,13 +189,42 @@ where
         F: FnOnce() -> T,
     {
         p.count(Event::Call);
+        // The memo's hit path, kept small enough to inline.
+        let (lookup, writes) = p.lookup(&key);
+        if let Lookup::Fresh(value) | Lookup::Stale(value) = lookup {
+            p.count(Event::MemoHit);
+            return Ok(Outcome::from(value, true, Source::Memo));
+        }
+        self.policed_miss(p, key, work, deadline, writes)
+    }
+
+    /// The rest of `policed`, after a memo miss whose write count was `writes`.
+    #[inline(never)]
+    fn policed_miss<F>(
+        &self,
+        p: &Policies<K, T>,
+        key: K,
+        work: F,
+        deadline: Option<Instant>,
+        writes: Option<u64>,
+    ) -> Result<Outcome<T>, Error>
+    where
+        F: FnOnce() -> T,
+    {
         let mut hash = None;
+        let mut looked = Some(writes);
         let (flight, id) = loop {
-            let (lookup, writes) = p.lookup(&key);
-            if let Lookup::Fresh(value) | Lookup::Stale(value) = lookup {
-                p.count(Event::MemoHit);
-                return Ok(Outcome::from(value, true, Source::Memo));
-            }
+            let writes = match looked.take() {
+                Some(writes) => writes,
+                None => {
+                    let (lookup, writes) = p.lookup(&key);
+                    if let Lookup::Fresh(value) | Lookup::Stale(value) = lookup {
+                        p.count(Event::MemoHit);
+                        return Ok(Outcome::from(value, true, Source::Memo));
+                    }
+                    writes
+                }
+            };
             // Hashed for the table only on a miss: the hit path pays the memo's hash alone.
             let hash = *hash.get_or_insert_with(|| self.hasher.hash_one(&key));
             let mut table = lock(&self.table);

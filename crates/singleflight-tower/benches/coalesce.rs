@@ -5,7 +5,10 @@
 //!   inner service alone (target: at most 3% more).
 //! - `one_key_256`: 256 concurrent GETs on one key through the layer against
 //!   one request to the inner service plus copying its body to 256
-//!   receivers (target: at most 1.5x).
+//!   receivers (target: at most 1.5x). The layer's waiters either gather
+//!   their body into one buffer (`layer_256_gets`, one copy each, like the
+//!   baseline) or take its frames as they come (`layer_256_gets_frames`,
+//!   what a server writing to a socket does).
 //!
 //! ```text
 //! cargo bench -p singleflight-tower --bench coalesce
@@ -163,6 +166,26 @@ fn one_key_256(c: &mut Criterion) {
                         // same one copy per receiver as `to_vec` above.
                         let body = response.into_body().collect().await.expect("a body");
                         black_box(body.to_bytes());
+                    }
+                });
+                futures::future::join_all(waiters).await;
+            }
+        });
+    });
+    // What a server does with each waiter's body: write every frame out as
+    // it comes, without gathering them into one buffer first.
+    group.bench_function("layer_256_gets_frames", |b| {
+        b.to_async(&rt).iter(|| {
+            let layered = layered.clone();
+            async move {
+                let waiters = (0..WAITERS).map(|_| {
+                    let layered = layered.clone();
+                    async move {
+                        let response = layered.oneshot(get()).await.expect("infallible");
+                        let mut body = response.into_body();
+                        while let Some(frame) = body.frame().await {
+                            black_box(frame.expect("a frame"));
+                        }
                     }
                 });
                 futures::future::join_all(waiters).await;

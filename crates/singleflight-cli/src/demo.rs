@@ -35,7 +35,7 @@ pub struct DemoOpts {
     /// The upstream's delay.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub delay: Duration,
-    /// Where to write the plot.
+    /// Where to write the plot (SVG; a PNG is written next to it).
     #[arg(long, default_value = "singleflight-demo.svg")]
     pub out: PathBuf,
 }
@@ -67,8 +67,10 @@ pub struct DemoReport {
     /// The upstream's delay.
     #[serde(skip)]
     pub delay: Duration,
-    /// The plot written.
+    /// The plot written, as SVG.
     pub plot: PathBuf,
+    /// The same plot as PNG.
+    pub plot_png: PathBuf,
 }
 
 /// Runs the demo, prints the table and writes the plot.
@@ -161,12 +163,17 @@ pub async fn run(opts: &DemoOpts) -> anyhow::Result<DemoReport> {
         fmt_duration(opts.spread),
         fmt_duration(opts.delay)
     );
-    write_svg(&opts.out, &title, &series, Some(opts.delay))?;
-    write_stdout(&format!("plot: {}\n", opts.out.display()))?;
+    let png = write_svg(&opts.out, &title, &series, Some(opts.delay))?;
+    write_stdout(&format!(
+        "plot: {} (and {})\n",
+        opts.out.display(),
+        png.display()
+    ))?;
     Ok(DemoReport {
         endpoints,
         delay: opts.delay,
         plot: opts.out.clone(),
+        plot_png: png,
     })
 }
 

@@ -50,7 +50,8 @@ pub struct LoadOpts {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Also write a plot (latency against send time, histograms) to this SVG file.
+    /// Also write a plot (latency against send time, histograms) to this SVG
+    /// file, and as PNG next to it.
     #[arg(long)]
     pub plot: Option<PathBuf>,
 }
@@ -183,9 +184,13 @@ pub async fn run(opts: &LoadOpts) -> anyhow::Result<Vec<UrlReport>> {
                 samples: &r.samples,
             })
             .collect();
-        write_svg(path, "singleflight load", &series, None)?;
+        let png = write_svg(path, "singleflight load", &series, None)?;
         if !opts.json {
-            out.push_str(&format!("plot: {}\n", path.display()));
+            out.push_str(&format!(
+                "plot: {} (and {})\n",
+                path.display(),
+                png.display()
+            ));
         }
     }
     write_stdout(&out)?;

@@ -1,13 +1,32 @@
 //! The picture `demo` (and `load --plot`) leave behind: each request's latency
 //! against the time it was sent, one colour per endpoint, and below it one
-//! latency histogram per endpoint. SVG only: plotters' SVG backend writes
-//! text as `<text>` elements, so no font files or system libraries are needed.
+//! latency histogram per endpoint, as SVG and as PNG. Text is laid out (and,
+//! in the PNG, drawn) with a small font embedded in the binary through
+//! plotters' `ab_glyph` feature, so neither a system font nor a system
+//! library is needed; the PNG is encoded with the `png` crate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+
+/// DejaVu Sans cut down to the characters the plots use (see assets/DejaVu-LICENSE).
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
+
+const SIZE: (u32, u32) = (1000, 720);
+
+/// Registers the embedded font as "sans-serif", once per process.
+fn font() -> anyhow::Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok =
+        *REGISTERED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    anyhow::ensure!(ok, "the embedded font could not be loaded");
+    Ok(())
+}
 
 use crate::stats::Sample;
 
@@ -28,26 +47,60 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Writes the plot to `path`; `reference` draws a dashed line at that latency
-/// (the upstream's delay in the demo).
+/// Writes the plot to `path` as SVG and next to it as PNG (same name,
+/// `.png`); returns the PNG's path. `reference` draws a dashed line at that
+/// latency (the upstream's delay in the demo).
 pub(crate) fn write_svg(
     path: &Path,
     title: &str,
     series: &[Series<'_>],
     reference: Option<Duration>,
-) -> anyhow::Result<()> {
-    draw(path, title, series, reference)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("writing the plot {}", path.display()))
+) -> anyhow::Result<PathBuf> {
+    font()?;
+    let context = || format!("writing the plot {}", path.display());
+    draw(
+        SVGBackend::new(path, SIZE).into_drawing_area(),
+        title,
+        series,
+        reference,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .with_context(context)?;
+    let png = path.with_extension("png");
+    let mut pixels = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    draw(
+        BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area(),
+        title,
+        series,
+        reference,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .with_context(|| format!("drawing the plot {}", png.display()))?;
+    write_png(&png, &pixels).with_context(|| format!("writing the plot {}", png.display()))?;
+    Ok(png)
 }
 
-fn draw(
-    path: &Path,
+fn write_png(path: &Path, rgb: &[u8]) -> anyhow::Result<()> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut encoder = png::Encoder::new(file, SIZE.0, SIZE.1);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()?;
+    Ok(())
+}
+
+fn draw<DB>(
+    root: DrawingArea<DB, Shift>,
     title: &str,
     series: &[Series<'_>],
     reference: Option<Duration>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (1000, 720)).into_drawing_area();
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB: DrawingBackend,
+    DB::ErrorType: 'static,
+{
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 22))?;
     let (top, bottom) = root.split_vertically(400);

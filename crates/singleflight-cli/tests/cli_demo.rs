@@ -7,6 +7,7 @@ use singleflight_cli::{Cli, Command, demo};
 async fn demo_table_agrees_with_the_upstream_counter() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-test.svg");
     let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(out.with_extension("png"));
     let out_arg = out.to_string_lossy().into_owned();
     let cli = Cli::parse_from([
         "singleflight",
@@ -74,5 +75,11 @@ async fn demo_table_agrees_with_the_upstream_counter() {
     assert!(
         svg.starts_with("<svg") && svg.contains("/singleflight"),
         "a plot with both series"
+    );
+    assert_eq!(report.plot_png, out.with_extension("png"));
+    let png = std::fs::read(&report.plot_png).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "a PNG next to the SVG"
     );
 }

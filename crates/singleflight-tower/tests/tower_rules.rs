@@ -618,3 +618,34 @@ async fn the_core_group_counts_the_flights_when_metrics_are_on() {
     );
     assert_eq!((stats.flights, stats.waiters), (0, 0));
 }
+
+#[tokio::test]
+async fn ranges_and_conditions_are_part_of_the_key() {
+    let (mut service, mut upstreams) = layered(CoalesceLayer::new());
+    let with = |name: HeaderName, value: &str| {
+        Request::get("/video")
+            .header(name, value)
+            .body(Full::default())
+            .expect("a valid request")
+    };
+    let whole = start(&mut service, get("/video")).await;
+    let head_part = start(&mut service, with(http::header::RANGE, "bytes=0-99")).await;
+    let head_part_too = start(&mut service, with(http::header::RANGE, "bytes=0-99")).await;
+    let tail_part = start(&mut service, with(http::header::RANGE, "bytes=100-")).await;
+    let revalidation = start(&mut service, with(http::header::IF_NONE_MATCH, "\"v1\"")).await;
+    answer(&mut upstreams, text("whole")).await;
+    answer(&mut upstreams, text("head part")).await;
+    answer(&mut upstreams, text("tail part")).await;
+    let mut not_modified = text("");
+    *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+    answer(&mut upstreams, not_modified).await;
+    assert_eq!(finish(whole).await.1, "whole");
+    assert_eq!(finish(head_part).await.1, "head part");
+    assert_eq!(finish(head_part_too).await.1, "head part");
+    assert_eq!(finish(tail_part).await.1, "tail part");
+    assert_eq!(
+        finish(revalidation).await.0.status(),
+        StatusCode::NOT_MODIFIED
+    );
+    no_more_requests(&mut upstreams);
+}

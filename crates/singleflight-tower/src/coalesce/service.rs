@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, COOKIE, HOST};
+use http::header::{
+    AUTHORIZATION, COOKIE, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    IF_UNMODIFIED_SINCE, PROXY_AUTHORIZATION, RANGE,
+};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method, Request, Response};
 use http_body::Body;
@@ -95,7 +98,7 @@ impl Shared {
         if !body_is_empty {
             return None;
         }
-        for credential in [&AUTHORIZATION, &COOKIE] {
+        for credential in [&AUTHORIZATION, &PROXY_AUTHORIZATION, &COOKIE] {
             if head.headers.contains_key(credential) && !config.key_headers.contains(credential) {
                 return None;
             }
@@ -133,7 +136,15 @@ impl Shared {
             key.push_str(&custom);
         }
         let vary = memo.map(|memo| memo.vary).unwrap_or_default();
-        for name in config.key_headers.iter().chain(vary.iter()) {
+        let conditions = CONDITIONS
+            .iter()
+            .filter(|name| head.headers.contains_key(*name));
+        for name in config
+            .key_headers
+            .iter()
+            .chain(vary.iter())
+            .chain(conditions)
+        {
             key.push('\n');
             key.push_str(name.as_str());
             key.push(':');
@@ -147,6 +158,19 @@ impl Shared {
         Some((key, resource))
     }
 }
+
+/// Request headers that change what the response is (a part, or a 304/412
+/// instead of the resource): always part of the key when present, so that a
+/// conditional or partial response never reaches a waiter that did not ask
+/// for it.
+const CONDITIONS: [HeaderName; 6] = [
+    RANGE,
+    IF_RANGE,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_MATCH,
+    IF_UNMODIFIED_SINCE,
+];
 
 /// Appends method, scheme, authority, path and query of a request.
 fn push_resource(key: &mut String, head: &Parts) {
@@ -171,7 +195,8 @@ fn push_resource(key: &mut String, head: &Parts) {
 ///
 /// `GET` and `HEAD` requests without a body. Never any other method (writes
 /// must never be merged), never a request with a body, never one carrying
-/// `Authorization` or `Cookie` unless that header is part of the key
+/// `Authorization`, `Proxy-Authorization` or `Cookie` unless that header is
+/// part of the key
 /// ([`CoalesceLayer::key_header`]). A request opts out with the bypass
 /// header ([`CoalesceLayer::bypass_header`]) or a predicate
 /// ([`CoalesceLayer::bypass_if`]).
@@ -179,7 +204,10 @@ fn push_resource(key: &mut String, head: &Parts) {
 /// Requests are identical when their keys are: method, scheme, authority
 /// (or `Host`), path and query, and the values of the key headers
 /// (`Accept-Encoding` by default), or what [`CoalesceLayer::key_fn`]
-/// returns. When a resource answers with `Vary`, the headers it names join
+/// returns. `Range` and the conditional headers (`If-None-Match`,
+/// `If-Modified-Since`, `If-Match`, `If-Unmodified-Since`, `If-Range`) are
+/// always part of the key when present, so a partial or `304` response only
+/// reaches waiters that asked for exactly that. When a resource answers with `Vary`, the headers it names join
 /// its key for the requests that follow; a waiter that joined before it was
 /// known and differs from the leader in one of them sends its own request.
 ///

@@ -215,10 +215,13 @@ fn async_flight<C: Coalescer>(waiters: usize) -> (Bytes, Bytes, Bytes) {
 fn sync_report<G: Blocking>(out: &mut String, nests: bool, coalesces: bool) {
     eprintln!("sf-memory: {}", G::NAME);
     let alone = sync_alone::<G>();
-    let nested = nests.then(|| sync_nested::<G>(1024));
-    let nested_s = nested.map_or("n/a (work runs under its lock)".to_string(), |b| {
-        format!("{b} B")
-    });
+    // hashbrown holds 896 entries in 1,024 buckets: 896 flights fill the
+    // table, 1,024 have just doubled it. The share per flight swings between.
+    let nested = nests.then(|| (sync_nested::<G>(896), sync_nested::<G>(1024)));
+    let nested_s = nested.map_or(
+        "n/a (work runs under its lock)".to_string(),
+        |(full, grown)| format!("{full} B / {grown} B"),
+    );
     if !coalesces {
         out.push_str(&format!(
             "| {} | {} B in {} allocations | {nested_s} | n/a (no coalescing) | | | | |\n",
@@ -233,8 +236,12 @@ fn sync_report<G: Blocking>(out: &mut String, nests: bool, coalesces: bool) {
     let per_waiter = (f64_.allocated as f64 - f1.allocated as f64) / 63.0;
     let state = f1.allocated as f64 - per_waiter - VALUE as f64;
     // The table's share beyond the key's own `String` header, plus the state.
-    let total = nested.map_or("n/a".to_string(), |b| {
-        format!("**{:.0} B**", b as f64 - KEY as f64 + state)
+    let total = nested.map_or("n/a".to_string(), |(full, grown)| {
+        format!(
+            "**{:.0} B / {:.0} B**",
+            full as f64 - KEY as f64 + state,
+            grown as f64 - KEY as f64 + state
+        )
     });
     out.push_str(&format!(
         "| {} | {} B in {} allocations | {nested_s} | {} B in {} allocations (executions: {e1}) | {} B in {} allocations (executions: {e64}) | {per_waiter:.1} B | {state:.1} B | {total} |\n",
@@ -248,42 +255,68 @@ fn sync_report<G: Blocking>(out: &mut String, nests: bool, coalesces: bool) {
     ));
 }
 
+/// `n` flights in progress at once, each a leader polled once on its own
+/// key, its work `pending()` (a zero-sized future: boxing it allocates
+/// nothing): live bytes per flight, the table's share and whatever the group
+/// allocates when a flight starts.
+fn async_many<C: Coalescer>(n: usize) -> isize {
+    let group = C::create();
+    {
+        let mut f = Box::pin(group.call("warm".to_string(), || async { 1 }));
+        while poll_once(&mut f).is_pending() {}
+    }
+    let mut leaders: Vec<_> = (0..n)
+        .map(|i| Box::pin(group.call(singleflight_bench::key(i), std::future::pending::<u64>)))
+        .collect();
+    let region = Region::new(GLOBAL);
+    for f in &mut leaders {
+        assert!(poll_once(f).is_pending());
+    }
+    let live = since(&region).live;
+    drop(leaders);
+    live / n as isize
+}
+
 fn async_report<C: Coalescer>(out: &mut String) {
     eprintln!("sf-memory: {}", C::NAME);
+    let (full, grown) = (async_many::<C>(896), async_many::<C>(1024));
     let (lead, w1, t1) = async_flight::<C>(1);
     let (_, w1k, _) = async_flight::<C>(1024);
     // The first follower may allocate the flight's shared state; the others
     // pay only for their place in the queue.
     let per_waiter = (w1k.allocated as f64 - w1.allocated as f64) / 1023.0;
     let per_waiter_live = (w1k.live as f64 - w1.live as f64) / 1023.0;
-    let flight = t1.allocated as f64 - per_waiter;
+    // What a flight costs beyond its key and value: what starting it leaves
+    // live (table share included, user future excluded), minus the key's
+    // `String` header, plus what the flight allocates once followed and
+    // ended, minus the one follower's own share and the value.
+    let after_lead = t1.allocated as f64 - lead.allocated as f64 - per_waiter - VALUE as f64;
+    let total = |share: isize| share as f64 - KEY as f64 + after_lead;
     out.push_str(&format!(
-        "| {} | {} B in {} allocations | {} B in {} allocations | {:.1} B allocated, {:.1} B live | {} B in {} allocations | {:.1} B ({:.1} B beyond the value) |\n",
+        "| {} | {full} B / {grown} B | **{:.0} B / {:.0} B** | {} B in {} allocations | {} B in {} allocations | **{per_waiter:.1} B** allocated, {per_waiter_live:.1} B live | {} B in {} allocations |\n",
         C::NAME,
+        total(full),
+        total(grown),
         lead.allocated,
         lead.allocations,
         w1.allocated,
         w1.allocations,
-        per_waiter,
-        per_waiter_live,
         t1.allocated,
         t1.allocations,
-        flight,
-        flight - VALUE as f64,
     ));
 }
 
 fn main() {
     let mut out = String::from("## Memory (sf-memory, counting allocator)\n\n");
     out += "### Blocking groups (values are `u64`, keys `String`s built before counting)\n\n";
-    out += "| contender | flight nobody joins (allocated per call) | table, 1,024 flights in progress (live, per flight) | flight + 1 follower (allocated) | flight + 64 followers (allocated) | per follower | flight state beyond the value (1 follower minus 1 follower) | per flight beyond key and value (table share - key header + state) |\n";
+    out += "| contender | flight nobody joins (allocated per call) | table share per flight in progress (live; 896 flights: table full / 1,024: just doubled) | flight + 1 follower (allocated) | flight + 64 followers (allocated) | per follower | flight state beyond the value | per flight beyond key and value (table share - key's `String` header + state; full / doubled) |\n";
     out += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
     sync_report::<blocking::Ours>(&mut out, true, true);
     sync_report::<Crate03>(&mut out, false, true);
     sync_report::<Floor>(&mut out, true, false);
     out += "\n### Async groups (polled by hand with a no-op waker; the work is a future waiting on a oneshot)\n\n";
-    out += "| contender | leader's first poll | first follower | per further waiting caller | whole flight with 1 follower (allocated) | per flight (whole minus 1 waiter) |\n";
-    out += "|---|---:|---:|---:|---:|---:|\n";
+    out += "| contender | live per flight in progress (896 / 1,024 flights, work `pending()`) | per flight beyond key and value (full / doubled table) | leader's first poll (work boxed) | first follower | per further waiting caller | whole flight with 1 follower (allocated) |\n";
+    out += "|---|---:|---:|---:|---:|---:|---:|\n";
     async_report::<asynch::Ours>(&mut out);
     async_report::<AsyncSingleflight>(&mut out);
     async_report::<SingleflightAsync>(&mut out);

@@ -7,6 +7,7 @@ use std::fmt;
 
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use singleflight::policy::Stats;
 
 const METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -58,6 +59,55 @@ impl Registry {
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
         self.handle.render()
+    }
+}
+
+/// The group's counters ([`Stats`]), copied into the registry on each scrape.
+pub(crate) struct GroupCounters {
+    calls: Counter,
+    executions: Counter,
+    shared: Counter,
+    cancellations: Counter,
+    panics: Counter,
+    flights: Gauge,
+    waiters: Gauge,
+}
+
+impl GroupCounters {
+    pub(crate) fn new(registry: &Registry, group: &'static str) -> Self {
+        let counter = |name, help| registry.counter(name, help, &[("group", group)]);
+        let gauge = |name, help| registry.gauge(name, help, &[("group", group)]);
+        Self {
+            calls: counter("singleflight_calls_total", "Calls made to the group."),
+            executions: counter(
+                "singleflight_executions_total",
+                "Times the group ran the work (upstream requests of its flights).",
+            ),
+            shared: counter(
+                "singleflight_shared_total",
+                "Calls that received a result shared with other calls.",
+            ),
+            cancellations: counter(
+                "singleflight_cancellations_total",
+                "Flights dropped when every caller left.",
+            ),
+            panics: counter("singleflight_panics_total", "Flights whose work panicked."),
+            flights: gauge("singleflight_flights", "Flights in progress now."),
+            waiters: gauge(
+                "singleflight_waiters",
+                "Callers waiting on another caller's flight now.",
+            ),
+        }
+    }
+
+    pub(crate) fn update(&self, stats: &Stats) {
+        self.calls.absolute(stats.calls);
+        self.executions.absolute(stats.executions);
+        self.shared.absolute(stats.shared);
+        self.cancellations.absolute(stats.cancellations);
+        self.panics.absolute(stats.panics);
+        self.flights.set(stats.flights as f64);
+        self.waiters.set(stats.waiters as f64);
     }
 }
 

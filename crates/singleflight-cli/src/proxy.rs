@@ -38,7 +38,7 @@ use tower::{Layer as _, ServiceExt as _};
 use crate::BadInput;
 use crate::args::{HttpUrl, fmt_duration, parse_duration, parse_http_url, parse_listen};
 use crate::net::{Server, bind, probe_upstream, shutdown_signal};
-use crate::prom::Registry;
+use crate::prom::{GroupCounters, Registry};
 
 /// Options of `singleflight proxy`; each overrides the same key of `--config`.
 #[derive(Args, Clone, Debug, Default)]
@@ -576,7 +576,8 @@ pub async fn start(config: ProxyConfig) -> anyhow::Result<Running> {
         ),
     }));
     let proxy = Arc::new(Proxy {
-        coalesce: CoalesceLayer::new().layer(forward),
+        // Counting on, so /metrics shows the core group's view next to the layer's.
+        coalesce: CoalesceLayer::new().metrics("proxy").layer(forward),
         requests: registry.counter("proxy_requests_total", "Requests received.", &[]),
         config: config.clone(),
     });
@@ -667,49 +668,48 @@ fn admin_router(proxy: Arc<Proxy>, registry: Registry) -> Router {
         registry: Registry,
         stats: [Counter; 6],
         flights: Gauge,
+        group: GroupCounters,
     }
     let stats = [
         registry.counter(
-            "singleflight_coalesced_total",
+            "proxy_coalesced_total",
             "GET/HEAD requests that led or joined a flight.",
             &[],
         ),
         registry.counter(
-            "singleflight_bypassed_total",
+            "proxy_bypassed_total",
             "GET/HEAD requests sent straight through.",
             &[],
         ),
         registry.counter(
-            "singleflight_flights_total",
+            "proxy_flights_total",
             "Upstream requests made on behalf of coalesced requests.",
             &[],
         ),
         registry.counter(
-            "singleflight_shared_total",
+            "proxy_shared_total",
             "Coalesced requests whose response was shared.",
             &[],
         ),
         registry.counter(
-            "singleflight_refetched_total",
+            "proxy_refetched_total",
             "Coalesced requests that fetched their own response after all.",
             &[],
         ),
         registry.counter(
-            "singleflight_upstream_errors_total",
+            "proxy_upstream_errors_total",
             "Flights whose upstream failed (502/504).",
             &[],
         ),
     ];
-    let flights = registry.gauge(
-        "singleflight_flights_in_progress",
-        "Flights under way now.",
-        &[],
-    );
+    let flights = registry.gauge("proxy_flights_in_progress", "Flights under way now.", &[]);
+    let group = GroupCounters::new(&registry, "proxy");
     let admin = Arc::new(Admin {
         proxy,
         registry,
         stats,
         flights,
+        group,
     });
     Router::new()
         .route(
@@ -728,6 +728,9 @@ fn admin_router(proxy: Arc<Proxy>, registry: Registry) -> Router {
                     counter.absolute(value);
                 }
                 admin.flights.set(admin.proxy.coalesce.flights() as f64);
+                if let Some(stats) = admin.proxy.coalesce.group_stats() {
+                    admin.group.update(&stats);
+                }
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                     admin.registry.render(),

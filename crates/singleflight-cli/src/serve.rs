@@ -17,12 +17,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Args;
 use http_body_util::BodyExt as _;
-use metrics::{Counter, Gauge};
+use metrics::Counter;
 use singleflight::future::Group;
 
 use crate::args::{HttpUrl, fmt_duration, parse_duration, parse_http_url, parse_listen};
 use crate::net::{HttpClient, Server, bind, http_client, probe_upstream, with_timeout};
-use crate::prom::Registry;
+use crate::prom::{GroupCounters, Registry};
 use crate::upstream::{self, UpstreamOpts};
 
 /// The response header that tells whether a `/singleflight` response was shared.
@@ -86,58 +86,6 @@ enum Fetched {
 struct Endpoint {
     requests: Counter,
     upstream_calls: Counter,
-}
-
-/// The group's counters ([`singleflight::policy::Stats`]), copied into the registry on each scrape.
-struct GroupCounters {
-    calls: Counter,
-    executions: Counter,
-    shared: Counter,
-    cancellations: Counter,
-    panics: Counter,
-    flights: Gauge,
-    waiters: Gauge,
-}
-
-impl GroupCounters {
-    fn new(registry: &Registry) -> Self {
-        let counter = |name, help| registry.counter(name, help, &[("group", "serve")]);
-        let gauge = |name, help| registry.gauge(name, help, &[("group", "serve")]);
-        Self {
-            calls: counter(
-                "singleflight_calls_total",
-                "Calls of /singleflight to the group.",
-            ),
-            executions: counter(
-                "singleflight_executions_total",
-                "Times the group ran the upstream call.",
-            ),
-            shared: counter(
-                "singleflight_shared_total",
-                "Calls that received a result shared with other calls.",
-            ),
-            cancellations: counter(
-                "singleflight_cancellations_total",
-                "Flights dropped when every caller left.",
-            ),
-            panics: counter("singleflight_panics_total", "Flights whose work panicked."),
-            flights: gauge("singleflight_flights", "Flights in progress now."),
-            waiters: gauge(
-                "singleflight_waiters",
-                "Callers waiting on another caller's flight now.",
-            ),
-        }
-    }
-
-    fn update(&self, stats: &singleflight::policy::Stats) {
-        self.calls.absolute(stats.calls);
-        self.executions.absolute(stats.executions);
-        self.shared.absolute(stats.shared);
-        self.cancellations.absolute(stats.cancellations);
-        self.panics.absolute(stats.panics);
-        self.flights.set(stats.flights as f64);
-        self.waiters.set(stats.waiters as f64);
-    }
 }
 
 struct App {
@@ -218,7 +166,7 @@ pub async fn start(opts: &ServeOpts) -> anyhow::Result<Running> {
         group: Group::builder().metrics("serve").build(),
         normal: endpoint("normal"),
         coalesced: endpoint("singleflight"),
-        group_counters: GroupCounters::new(&registry),
+        group_counters: GroupCounters::new(&registry, "serve"),
         registry,
     });
     let router = Router::new()

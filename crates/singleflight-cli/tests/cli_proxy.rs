@@ -93,9 +93,17 @@ async fn a_burst_of_gets_makes_one_upstream_request_and_posts_are_never_coalesce
 
     let admin = proxy.admin_url().unwrap();
     let (_, _, metrics) = get(&client, &format!("{admin}/metrics")).await;
+    let metric =
+        |name: &str, label: Option<&str>| singleflight_cli::read_metric(&metrics, name, label);
+    assert_eq!(metric("proxy_flights_total", None), Some(1.0));
     assert_eq!(
-        singleflight_cli::read_metric(&metrics, "singleflight_flights_total", None),
-        Some(1.0)
+        metric("singleflight_executions_total", Some("proxy")),
+        Some(1.0),
+        "the core group's view"
+    );
+    assert_eq!(
+        metric("singleflight_shared_total", Some("proxy")),
+        Some(10.0)
     );
     assert_eq!(
         singleflight_cli::read_metric(&metrics, "proxy_upstream_requests_total", None),

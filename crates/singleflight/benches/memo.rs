@@ -98,5 +98,73 @@ fn memo_hit(c: &mut Criterion) {
     bench.finish();
 }
 
-criterion_group!(benches, memo_hit);
+/// The same two paths, interleaved: batches of bare gets and memo hits take
+/// turns, so load from other processes hits both alike; prints the median
+/// of the per-pair ratios. (Criterion measures one function after the
+/// other, which on a busy 2-core machine swings the ratio either way.)
+fn interleaved_ratio(_: &mut Criterion) {
+    const BATCH: u64 = 20_000;
+    const PAIRS: usize = 201;
+    let bare = quick_cache::sync::Cache::<u64, u64>::new(10_000);
+    let group = singleflight::sync::Group::<u64, u64>::builder()
+        .memo(Duration::from_secs(3600))
+        .build();
+    // For scale: moka, whose `get` reads a clock itself.
+    let moka = moka::sync::Cache::<u64, u64>::builder()
+        .max_capacity(10_000)
+        .time_to_live(Duration::from_secs(3600))
+        .build();
+    for k in 0..KEYS {
+        bare.insert(k, k);
+        group.call(k, || k);
+        moka.insert(k, k);
+    }
+    let time = |f: &mut dyn FnMut(u64)| {
+        let start = std::time::Instant::now();
+        for i in 0..BATCH {
+            f(i % KEYS);
+        }
+        start.elapsed().as_secs_f64() * 1e9 / BATCH as f64
+    };
+    let mut bare_get = |k: u64| {
+        black_box(bare.get(black_box(&k)));
+    };
+    let mut memo_hit = |k: u64| {
+        black_box(group.call(black_box(k), || unreachable!("memo hit")).value);
+    };
+    let mut moka_get = |k: u64| {
+        black_box(moka.get(black_box(&k)));
+    };
+    let mut mokas = Vec::with_capacity(PAIRS);
+    let mut pairs: Vec<(f64, f64)> = (0..PAIRS)
+        .map(|i| {
+            mokas.push(time(&mut moka_get));
+            // Alternate which goes first, so neither always gets the warm cache.
+            if i % 2 == 0 {
+                let b = time(&mut bare_get);
+                (b, time(&mut memo_hit))
+            } else {
+                let m = time(&mut memo_hit);
+                (time(&mut bare_get), m)
+            }
+        })
+        .collect();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut ratios: Vec<f64> = pairs.iter().map(|(b, m)| m / b).collect();
+    let mut bares: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+    let mut memos: Vec<f64> = pairs.drain(..).map(|p| p.1).collect();
+    println!(
+        "memo_hit/interleaved: quick_cache_get {:.1} ns, sync_group_memo_hit {:.1} ns, \
+         median ratio {:.2}x over {PAIRS} pairs of {BATCH} ops; moka::sync get {:.1} ns",
+        median(&mut bares),
+        median(&mut memos),
+        median(&mut ratios),
+        median(&mut mokas),
+    );
+}
+
+criterion_group!(benches, memo_hit, interleaved_ratio);
 criterion_main!(benches);

@@ -299,6 +299,26 @@ pin_project! {
     /// from the first byte, as fast as this waiter's client takes it: it
     /// yields exactly the upstream's bytes, or fails with an [`Error`]
     /// (upstream failure, or [`Error::FellBehind`]), never a short clean end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Empty, Full};
+    /// use singleflight_tower::{Coalesce, CoalescedBody};
+    /// use tower::ServiceExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), singleflight_tower::Error> {
+    /// let service = Coalesce::new(tower::service_fn(|_req: http::Request<Empty<Bytes>>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("hi"))))
+    /// }));
+    /// let response = service.oneshot(http::Request::new(Empty::new())).await.unwrap();
+    /// let body: CoalescedBody<Full<Bytes>> = response.into_body();
+    /// assert_eq!(body.collect().await?.to_bytes(), "hi");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub struct CoalescedBody<B>
     where
         B: Body,

@@ -3,6 +3,13 @@
 use std::sync::Arc;
 
 /// A boxed error, as tower and hyper pass them around.
+///
+/// # Examples
+///
+/// ```
+/// let error: singleflight_tower::BoxError = "upstream unreachable".into();
+/// assert_eq!(error.to_string(), "upstream unreachable");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a [`CoalescedBody`](super::CoalescedBody) stopped before its end.
@@ -10,6 +17,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A body that yields this error is incomplete: a server forwarding it
 /// aborts the response instead of ending it cleanly, so a client never
 /// mistakes a truncated body for a whole one.
+///
+/// # Examples
+///
+/// ```
+/// use singleflight_tower::Error;
+///
+/// fn log_line(error: &Error) -> String {
+///     match error {
+///         Error::Upstream(source) => format!("upstream body failed: {source}"),
+///         Error::FellBehind { max_buffer } => format!("client too slow ({max_buffer} B cap)"),
+///         other => other.to_string(),
+///     }
+/// }
+/// let error = Error::FellBehind { max_buffer: 1024 };
+/// assert_eq!(log_line(&error), "client too slow (1024 B cap)");
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

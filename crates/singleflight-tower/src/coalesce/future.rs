@@ -26,6 +26,32 @@ pin_project! {
     ///
     /// Dropping it leaves the flight to its other waiters: the upstream
     /// request goes on for them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{Empty, Full};
+    /// use singleflight_tower::{Coalesce, ResponseFuture};
+    /// use tower::{Service, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut service = Coalesce::new(tower::service_fn(|_req: http::Request<Empty<Bytes>>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+    /// }));
+    /// let ready = service.ready().await.unwrap();
+    /// let future = ready.call(http::Request::new(Empty::new()));
+    /// let response = future.await.unwrap();
+    /// assert_eq!(response.status(), http::StatusCode::OK);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before the response gives up only this request: when it
+    /// led a flight, a waiting request takes the upstream request over where
+    /// it stands; when it was the last, the upstream request is dropped.
     pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,

@@ -17,9 +17,29 @@ pub(crate) type BypassFn = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
 pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
 /// The default name of the header that opts a request out.
+///
+/// # Examples
+///
+/// ```
+/// let request = http::Request::get("/report")
+///     .header(singleflight_tower::DEFAULT_BYPASS_HEADER, "1")
+///     .body(())
+///     .unwrap();
+/// assert!(request.headers().contains_key("x-singleflight-bypass"));
+/// ```
 pub const DEFAULT_BYPASS_HEADER: &str = "x-singleflight-bypass";
 /// The default name of the response header that says whether a response
 /// was shared.
+///
+/// # Examples
+///
+/// ```
+/// let response = http::Response::builder()
+///     .header(singleflight_tower::DEFAULT_SHARED_HEADER, "true")
+///     .body(())
+///     .unwrap();
+/// assert_eq!(response.headers()["x-singleflight-shared"], "true");
+/// ```
 pub const DEFAULT_SHARED_HEADER: &str = "x-singleflight-shared";
 
 #[derive(Clone)]

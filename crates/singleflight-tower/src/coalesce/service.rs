@@ -57,6 +57,16 @@ impl Counters {
 ///
 /// Requests whose method is neither `GET` nor `HEAD` are not counted: they
 /// take a path with no bookkeeping at all.
+///
+/// # Examples
+///
+/// ```
+/// let service = singleflight_tower::Coalesce::new(());
+/// let stats = service.stats();
+/// // Requests the layer saved the upstream from.
+/// let saved = stats.coalesced - stats.flights - stats.refetched;
+/// assert_eq!(saved, 0);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

@@ -146,15 +146,7 @@ where
 
     /// Drives the call; every way it can end without a value is an `Error`.
     pub(crate) fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome<T>, Error>> {
-        let result = ready!(self.poll_steps(cx));
-        if let Some(policy) = &self.inner.policy
-            && let Ok(outcome) = &result
-            && outcome.shared
-            && outcome.source == Source::Flight
-        {
-            policy.count(Event::Shared);
-        }
-        Poll::Ready(result)
+        self.poll_steps(cx)
     }
 
     fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome<T>, Error>> {
@@ -213,12 +205,18 @@ where
                     self.step = Step::Done;
                     self.inner.gauge(Gauge::Waiters, -1);
                     match waited {
-                        Waited::Ended(result) => return Poll::Ready(result.map_err(Error::from)),
+                        Waited::Ended(result) => {
+                            if result.is_ok() {
+                                self.inner.count(Event::Shared);
+                            }
+                            return Poll::Ready(result.map_err(Error::from));
+                        }
                         Waited::Promoted(work) => self.step = Step::Lead(Lead { work, hash, id }),
                         Waited::Retry => {
                             let Some(make) = make else {
                                 unreachable!("a retry is claimed only with `make` at hand");
                             };
+                            self.inner.count(Event::Execution);
                             match self.inner.make_work(make, hash, id) {
                                 Ok(lead) => self.step = Step::Lead(lead),
                                 Err(result) => return Poll::Ready(result.map_err(Error::from)),

@@ -413,7 +413,6 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
-        self.count(Event::Execution);
         let made =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Box::pin(make()) as Work<T>));
         match made {

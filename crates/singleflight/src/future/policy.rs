@@ -276,6 +276,7 @@ where
             let id = table.insert(hash, key);
             drop(table);
             p.gauge(Gauge::Flights, 1);
+            p.count(Event::Execution);
             return match self.make_work(make, hash, id) {
                 Ok(lead) => Joined::Lead(lead),
                 Err(result) => Joined::Failed(result),
@@ -302,6 +303,7 @@ where
         let id = table.insert(hash, key);
         drop(table);
         p.gauge(Gauge::Flights, 1);
+        p.count(Event::Execution);
         if let Ok(lead) = self.make_work(make, hash, id) {
             spawner.spawn(Detached::new(DetachedLead::new(StdArc::clone(self), lead)));
         }
@@ -342,6 +344,7 @@ where
                     heir.wake();
                 }
                 drop(memo_copy);
+                p.count(Event::Shared);
                 let value = result.unwrap_or_else(|_| unreachable!("a failure is a value"));
                 return Ok(Outcome::new(value, true));
             }
@@ -371,7 +374,11 @@ where
         if result.is_err() {
             p.count(Event::Panic);
         }
-        settle(result, flight.as_deref())
+        let outcome = settle(result, flight.as_deref());
+        if outcome.as_ref().is_ok_and(|o| o.shared) {
+            p.count(Event::Shared);
+        }
+        outcome
     }
 }
 

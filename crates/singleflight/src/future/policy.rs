@@ -418,6 +418,16 @@ where
 
 impl<K, T, S> Builder<K, T, S> {
     /// The memo's capacity in entries (default 10,000).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::future::Group::<u64, u64>::builder()
+    ///     .memo(std::time::Duration::from_secs(60))
+    ///     .capacity(100)
+    ///     .build();
+    /// # drop(group);
+    /// ```
     pub fn capacity(mut self, entries: usize) -> Self {
         self.settings.capacity = entries;
         self
@@ -425,6 +435,22 @@ impl<K, T, S> Builder<K, T, S> {
 
     /// Keeps failures in the memo for `ttl`. Without it, failures are not
     /// memoised.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::future::Group::<&str, Result<u8, String>>::builder()
+    ///     .memo(Duration::from_secs(60))
+    ///     .failure_if(Result::is_err)
+    ///     .negative_ttl(Duration::from_secs(1))
+    ///     .build();
+    /// group.call("k", || async { Err("down".to_string()) }).await;
+    /// assert!(group.call("k", || async { Ok(1) }).await.value.is_err());
+    /// # });
+    /// ```
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.settings.negative_ttl = Some(ttl);
         self
@@ -434,6 +460,26 @@ impl<K, T, S> Builder<K, T, S> {
     /// while one background refresh runs on the spawner; a failed refresh
     /// leaves the stale value in place until the grace ends. Needs
     /// [`Builder::detach`]: without a spawner it is ignored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "tokio")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use singleflight::future::{Group, TokioSpawner};
+    ///
+    /// let group = Group::<&str, u8>::builder()
+    ///     .memo(Duration::from_secs(30))
+    ///     .stale_while_revalidate(Duration::from_secs(300))
+    ///     .detach(TokioSpawner::current())
+    ///     .build();
+    /// assert_eq!(group.call("k", || async { 1 }).await.value, 1);
+    /// # }
+    /// # #[cfg(not(feature = "tokio"))]
+    /// # fn main() {}
+    /// ```
     pub fn stale_while_revalidate(mut self, grace: Duration) -> Self {
         self.settings.grace = grace;
         self
@@ -442,6 +488,15 @@ impl<K, T, S> Builder<K, T, S> {
     /// Which values are failures, for the negative TTL and the error policy.
     /// For `T = Result<_, _>` pass `Result::is_err`. Without it no value is a
     /// failure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::future::Group::<&str, Option<u8>>::builder()
+    ///     .failure_if(Option::is_none)
+    ///     .build();
+    /// # drop(group);
+    /// ```
     pub fn failure_if(mut self, is_failure: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
         self.settings.failure = Some(std::sync::Arc::new(is_failure));
         self
@@ -449,6 +504,18 @@ impl<K, T, S> Builder<K, T, S> {
 
     /// What the waiting callers of a failed flight get (default
     /// [`ErrorPolicy::Share`]). `RetryOnce` needs [`Builder::failure_if`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use singleflight::policy::ErrorPolicy;
+    ///
+    /// let group = singleflight::future::Group::<&str, Result<u8, String>>::builder()
+    ///     .failure_if(Result::is_err)
+    ///     .error_policy(ErrorPolicy::RetryOnce)
+    ///     .build();
+    /// # drop(group);
+    /// ```
     pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
         self.settings.error_policy = policy;
         self
@@ -456,6 +523,19 @@ impl<K, T, S> Builder<K, T, S> {
 
     /// At most `max` callers wait on one flight; the next ones do as
     /// `overflow` says.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use singleflight::policy::Overflow;
+    ///
+    /// let group = singleflight::future::Group::<&str, u8>::builder()
+    ///     .max_waiters(1_000, Overflow::RunOwn)
+    ///     .build();
+    /// assert_eq!(group.call("k", || async { 1 }).await.value, 1);
+    /// # });
+    /// ```
     pub fn max_waiters(mut self, max: usize, overflow: Overflow) -> Self {
         self.settings.cap = Some((max, overflow));
         self
@@ -466,6 +546,16 @@ impl<K, T, S> Builder<K, T, S> {
     /// [`Group::stats`] and, with the `metrics` feature, through the
     /// `metrics` facade labelled `group = name` (install the recorder before
     /// building the group). Timeouts are counted by the checked futures.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let group = singleflight::future::Group::<&str, u8>::builder().metrics("users").build();
+    /// group.call("k", || async { 1 }).await;
+    /// assert_eq!(group.stats().unwrap().calls, 1);
+    /// # });
+    /// ```
     pub fn metrics(mut self, name: impl Into<String>) -> Self {
         self.settings.metrics = Some(name.into());
         self
@@ -474,6 +564,18 @@ impl<K, T, S> Builder<K, T, S> {
     /// The clock of the memo's expiry (default: the OS's coarse monotonic
     /// clock, see [`Clock`]). `TokioClock` (feature `tokio`) follows tokio's
     /// paused time in tests.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use singleflight::policy::ManualClock;
+    ///
+    /// let group = singleflight::future::Group::<&str, u8>::builder()
+    ///     .memo(std::time::Duration::from_secs(1))
+    ///     .clock(ManualClock::new())
+    ///     .build();
+    /// # drop(group);
+    /// ```
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.settings.clock = Some(std::sync::Arc::new(clock));
         self

@@ -44,6 +44,15 @@ impl<K, T, S> Builder<K, T, S> {
     }
 
     /// Hashes keys with `hasher` (the memo uses its own fast hasher).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<u64, u64>::builder()
+    ///     .hasher(std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default())
+    ///     .build();
+    /// assert_eq!(group.call(1, || 2).value, 2);
+    /// ```
     pub fn hasher<S2>(self, hasher: S2) -> Builder<K, T, S2> {
         Builder {
             hasher,
@@ -54,6 +63,16 @@ impl<K, T, S> Builder<K, T, S> {
 
     /// The memo's capacity in entries (default 10,000); past it the cache
     /// evicts (S3-FIFO-like, keeping the often-hit keys).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<u64, u64>::builder()
+    ///     .memo(std::time::Duration::from_secs(60))
+    ///     .capacity(100)
+    ///     .build();
+    /// # drop(group);
+    /// ```
     pub fn capacity(mut self, entries: usize) -> Self {
         self.settings.capacity = entries;
         self
@@ -61,6 +80,20 @@ impl<K, T, S> Builder<K, T, S> {
 
     /// Keeps failures in the memo for `ttl` (usually shorter than the memo's
     /// TTL). Without it, failures are not memoised.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::sync::Group::<&str, Result<u8, String>>::builder()
+    ///     .memo(Duration::from_secs(60))
+    ///     .failure_if(Result::is_err)
+    ///     .negative_ttl(Duration::from_secs(1))
+    ///     .build();
+    /// group.call("k", || Err("down".to_string()));
+    /// assert!(group.call("k", || Ok(1)).value.is_err()); // kept for a second
+    /// ```
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.settings.negative_ttl = Some(ttl);
         self
@@ -69,6 +102,15 @@ impl<K, T, S> Builder<K, T, S> {
     /// Which values are failures, for the negative TTL and the error policy.
     /// For `T = Result<_, _>` pass `Result::is_err`. Without it no value is a
     /// failure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<&str, Option<u8>>::builder()
+    ///     .failure_if(Option::is_none)
+    ///     .build();
+    /// # drop(group);
+    /// ```
     pub fn failure_if(mut self, is_failure: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
         self.settings.failure = Some(Arc::new(is_failure));
         self
@@ -76,6 +118,18 @@ impl<K, T, S> Builder<K, T, S> {
 
     /// What the waiting callers of a failed flight get (default
     /// [`ErrorPolicy::Share`]). `RetryOnce` needs [`Builder::failure_if`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use singleflight::policy::ErrorPolicy;
+    ///
+    /// let group = singleflight::sync::Group::<&str, Result<u8, String>>::builder()
+    ///     .failure_if(Result::is_err)
+    ///     .error_policy(ErrorPolicy::RetryOnce)
+    ///     .build();
+    /// # drop(group);
+    /// ```
     pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
         self.settings.error_policy = policy;
         self
@@ -83,6 +137,17 @@ impl<K, T, S> Builder<K, T, S> {
 
     /// How long [`Group::call_checked`] waits for another caller's flight
     /// before it returns [`Error::Timeout`](crate::Error::Timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::sync::Group::<&str, u8>::builder()
+    ///     .timeout(Duration::from_millis(250))
+    ///     .build();
+    /// assert_eq!(group.call_checked("k", || 1).unwrap().value, 1);
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.settings.timeout = Some(timeout);
         self
@@ -90,6 +155,17 @@ impl<K, T, S> Builder<K, T, S> {
 
     /// At most `max` callers wait on one flight; the next ones do as
     /// `overflow` says.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use singleflight::policy::Overflow;
+    ///
+    /// let group = singleflight::sync::Group::<&str, u8>::builder()
+    ///     .max_waiters(1_000, Overflow::Refuse)
+    ///     .build();
+    /// # drop(group);
+    /// ```
     pub fn max_waiters(mut self, max: usize, overflow: Overflow) -> Self {
         self.settings.cap = Some((max, overflow));
         self
@@ -99,6 +175,14 @@ impl<K, T, S> Builder<K, T, S> {
     /// flights and waiters, readable with [`Group::stats`] and, with the
     /// `metrics` feature, through the `metrics` facade labelled
     /// `group = name` (install the recorder before building the group).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<&str, u8>::builder().metrics("users").build();
+    /// group.call("k", || 1);
+    /// assert_eq!(group.stats().unwrap().executions, 1);
+    /// ```
     pub fn metrics(mut self, name: impl Into<String>) -> Self {
         self.settings.metrics = Some(name.into());
         self
@@ -106,6 +190,22 @@ impl<K, T, S> Builder<K, T, S> {
 
     /// The clock of the memo's expiry (default: the OS's coarse monotonic
     /// clock, see [`Clock`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use singleflight::{policy::ManualClock, Source};
+    ///
+    /// let clock = ManualClock::new();
+    /// let group = singleflight::sync::Group::<&str, u8>::builder()
+    ///     .memo(Duration::from_secs(1))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// group.call("k", || 1);
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(group.call("k", || 2).source, Source::Flight); // expired
+    /// ```
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.settings.clock = Some(Arc::new(clock));
         self
@@ -125,6 +225,17 @@ where
     /// The memo is a bounded [`quick_cache`] cache ([`Builder::capacity`]
     /// entries, default 10,000); expiry is checked on read, on the group's
     /// clock. Needs `K` and `T` to be `Send + Sync + 'static`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use singleflight::Source;
+    ///
+    /// let group = singleflight::sync::Group::<&str, u8>::builder().memo(Duration::from_secs(60)).build();
+    /// group.call("k", || 1);
+    /// assert_eq!(group.call("k", || 2).source, Source::Memo);
+    /// ```
     pub fn memo(mut self, ttl: Duration) -> Self {
         self.settings.memo(ttl);
         self
@@ -133,6 +244,13 @@ where
 
 impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
     /// The group.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<&str, u8>::builder().build();
+    /// assert!(group.is_empty());
+    /// ```
     pub fn build(self) -> Group<K, T, S> {
         let mut group = Group::with_hasher(self.hasher);
         group.policy = self.settings.build(false);

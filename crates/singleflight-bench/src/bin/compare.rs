@@ -77,6 +77,32 @@ fn rotated<T: Copy>(items: &[T], by: usize) -> Vec<T> {
     v
 }
 
+/// Executions counted per contender over a herd's rounds, printed under
+/// its table: more than one per round means late callers missed the flight.
+#[derive(Default)]
+struct Executions(Vec<(&'static str, usize, usize)>);
+
+impl Executions {
+    fn add(&mut self, name: &'static str, executions: usize, rounds: usize) {
+        match self.0.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(row) => {
+                row.1 += executions;
+                row.2 += rounds;
+            }
+            None => self.0.push((name, executions, rounds)),
+        }
+    }
+
+    fn markdown(&self) -> String {
+        let list: Vec<String> = self
+            .0
+            .iter()
+            .map(|(n, e, r)| format!("{n} {e} in {r} rounds"))
+            .collect();
+        format!("Executions: {}.\n", list.join("; "))
+    }
+}
+
 fn go_sample(go: &GoPeer, args: &[&str]) -> Result<Vec<f64>, String> {
     let args: Vec<String> = args.iter().map(|s| (*s).to_string()).collect();
     go.run(&args)
@@ -186,6 +212,7 @@ fn run_sync(opts: &Options) -> Result<String, String> {
         }
     }
     // The herd in blocks of rounds, contenders interleaved block by block.
+    let mut herd_execs = Executions::default();
     for b in 0..blocks {
         eprintln!("sync: herd block {}/{blocks}", b + 1);
         for c in rotated(&contenders, b) {
@@ -211,6 +238,7 @@ fn run_sync(opts: &Options) -> Result<String, String> {
             };
             if c != SyncC::Go {
                 eprintln!("  {}: {execs} executions in {herd_block} rounds", c.name());
+                herd_execs.add(c.name(), execs, herd_block);
             }
             for r in rounds {
                 herd.push(c.name(), r / 1e6);
@@ -233,6 +261,8 @@ fn run_sync(opts: &Options) -> Result<String, String> {
     out += &hot.markdown(Ours::NAME);
     out += "\n";
     out += &herd.markdown(Ours::NAME);
+    out += "\n";
+    out += &herd_execs.markdown();
     out += "\n";
     let ours1 = d1.median(Ours::NAME);
     let mut targets = vec![];
@@ -377,6 +407,8 @@ fn run_async(opts: &Options) -> Result<String, String> {
             d2.push(c.name(), c.distinct(&rt, 2, n));
         }
     }
+    let mut big_execs = Executions::default();
+    let mut small_execs = Executions::default();
     for b in 0..big_rounds / big_block {
         eprintln!(
             "async: herd 10,000, block {}/{}",
@@ -386,6 +418,7 @@ fn run_async(opts: &Options) -> Result<String, String> {
         for c in rotated(&herd_c, b) {
             let (rounds, execs) = c.herd(&rt, 10_000, Duration::from_millis(10), big_block);
             eprintln!("  {}: {execs} executions in {big_block} rounds", c.name());
+            big_execs.add(c.name(), execs, big_block);
             for r in rounds {
                 big.push(c.name(), r / 1e6);
             }
@@ -398,7 +431,8 @@ fn run_async(opts: &Options) -> Result<String, String> {
             small_rounds / small_block
         );
         for c in rotated(&herd_c, b) {
-            let (rounds, _) = c.herd(&rt, 100, Duration::from_millis(1), small_block);
+            let (rounds, execs) = c.herd(&rt, 100, Duration::from_millis(1), small_block);
+            small_execs.add(c.name(), execs, small_block);
             for r in rounds {
                 small.push(c.name(), r / 1e6);
             }
@@ -414,8 +448,10 @@ fn run_async(opts: &Options) -> Result<String, String> {
             .unwrap_or((f64::NAN, "none"))
     };
     let mut out = String::from("## Issue 3: the async group\n\n");
-    for t in [&big, &small] {
+    for (t, execs) in [(&big, &big_execs), (&small, &small_execs)] {
         out += &t.markdown(FLOOR);
+        out += "\n";
+        out += &execs.markdown();
         out += "\n";
     }
     for t in [&d1, &d2] {

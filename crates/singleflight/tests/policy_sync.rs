@@ -453,3 +453,19 @@ fn every_counter_after_a_scripted_scenario() {
     );
     assert_eq!((end.flights, end.waiters), (0, 0));
 }
+
+#[test]
+fn a_panicking_clone_for_the_memo_still_ends_the_flight() {
+    #[derive(Debug, PartialEq)]
+    struct Fragile(u32);
+    impl Clone for Fragile {
+        fn clone(&self) -> Self {
+            panic!("clone failed")
+        }
+    }
+    let group = Group::<&str, Fragile>::builder().memo(TTL).build();
+    // The leader's own value is not cloned; the memo's copy panics and is skipped.
+    assert_eq!(group.call("k", || Fragile(1)).value, Fragile(1));
+    assert!(group.is_empty());
+    assert_eq!(group.call("k", || Fragile(2)).value, Fragile(2));
+}

@@ -15,6 +15,7 @@
 use std::borrow::Borrow;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc as StdArc;
 use std::time::Duration;
 
@@ -320,8 +321,11 @@ where
     ) -> Result<Outcome<T>, Panicked> {
         let failure = result.as_ref().is_ok_and(|value| p.is_failure(value));
         // Cloned before locking: user `Clone` never runs under the table lock.
+        // A panicking `Clone` costs the memo entry, never the flight's end.
         let mut memo_copy = match (&p.memo, &result) {
-            (Some(_), Ok(value)) => Some((value.clone(), p.now())),
+            (Some(_), Ok(value)) => panic::catch_unwind(AssertUnwindSafe(|| value.clone()))
+                .ok()
+                .map(|copy| (copy, p.now())),
             _ => None,
         };
 

@@ -317,8 +317,11 @@ where
         let result = panic::catch_unwind(AssertUnwindSafe(work));
         let failure = result.as_ref().is_ok_and(|value| p.is_failure(value));
         // Cloned before locking: user `Clone` never runs under the table lock.
+        // A panicking `Clone` costs the memo entry, never the flight's end.
         let memo_copy = match (&p.memo, &result) {
-            (Some(_), Ok(value)) => Some((value.clone(), p.now())),
+            (Some(_), Ok(value)) => panic::catch_unwind(AssertUnwindSafe(|| value.clone()))
+                .ok()
+                .map(|copy| (copy, p.now())),
             _ => None,
         };
 

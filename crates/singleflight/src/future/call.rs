@@ -185,7 +185,12 @@ where
                     let (hash, id) = (lead.hash, lead.id);
                     // The work's destructors run before anyone sees its result.
                     drop(lead);
-                    return Poll::Ready(self.inner.finish(hash, id, result).map_err(Error::from));
+                    let result = self.inner.finish(hash, id, result);
+                    // Counted here, not in `finish`: a detached driver is no caller.
+                    if matches!(&result, Ok(outcome) if outcome.shared) {
+                        self.inner.count(Event::Shared);
+                    }
+                    return Poll::Ready(result.map_err(Error::from));
                 }
                 Step::Own(work) => {
                     let result = ready!(poll_caught(work, cx));

@@ -348,7 +348,6 @@ where
                     heir.wake();
                 }
                 drop(memo_copy);
-                p.count(Event::Shared);
                 let value = result.unwrap_or_else(|_| unreachable!("a failure is a value"));
                 return Ok(Outcome::new(value, true));
             }
@@ -378,11 +377,7 @@ where
         if result.is_err() {
             p.count(Event::Panic);
         }
-        let outcome = settle(result, flight.as_deref());
-        if outcome.as_ref().is_ok_and(|o| o.shared) {
-            p.count(Event::Shared);
-        }
-        outcome
+        settle(result, flight.as_deref())
     }
 }
 

@@ -257,3 +257,16 @@ async fn a_request_head_over_the_limit_is_refused() {
     proxy.shutdown().await;
     up.shutdown(Duration::from_secs(2)).await;
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.example.toml");
+    let config = proxy_opts(&["--config", path]).resolve().unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8082");
+    assert_eq!(
+        config.admin.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9090")
+    );
+    assert_eq!(config.max_wait, Some(Duration::from_secs(5)));
+    assert_eq!(config.max_body_bytes, 8 << 20);
+}

@@ -150,6 +150,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 pub async fn run_async(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Upstream(opts) => {
+            let signals = net::StopSignals::install()?;
             let server = upstream::start(&opts).await?;
             tracing::info!(
                 "upstream listening on {} (delay {:?}, status {}); counter upstream_requests_total on /metrics",
@@ -159,10 +160,11 @@ pub async fn run_async(cli: Cli) -> anyhow::Result<()> {
             );
             server
                 .server
-                .run_until_signal("upstream", opts.shutdown_timeout)
+                .run_until_signal(signals, "upstream", opts.shutdown_timeout)
                 .await
         }
         Command::Serve(opts) => {
+            let signals = net::StopSignals::install()?;
             let running = serve::start(&opts).await?;
             match &running.upstream {
                 Some(_) => tracing::info!(
@@ -177,7 +179,7 @@ pub async fn run_async(cli: Cli) -> anyhow::Result<()> {
                     running.upstream_url
                 ),
             }
-            net::shutdown_signal().await;
+            signals.recv().await;
             tracing::info!(
                 "serve: shutting down, finishing requests in flight (at most {:?})",
                 opts.shutdown_timeout

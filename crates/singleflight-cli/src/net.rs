@@ -86,28 +86,46 @@ pub(crate) async fn probe_upstream(url: &HttpUrl, flag: &str) -> anyhow::Result<
     }
 }
 
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        // If the handler cannot be installed, never resolve rather than stop at once.
+/// The process's stop signals (SIGINT, SIGTERM), listened to from the moment
+/// this is made: a server installs it before it listens, so a signal that
+/// arrives as soon as the first request is in flight is handled gracefully
+/// instead of killing the process with the default action.
+#[derive(Debug)]
+pub(crate) struct StopSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Registers the handlers now (tokio's `ctrl_c()` would only register on first poll).
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let install = |kind| signal(kind).context("installing the SIGINT/SIGTERM handlers");
+            Ok(Self {
+                interrupt: install(SignalKind::interrupt())?,
+                terminate: install(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves when the process is asked to stop.
+    pub(crate) async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
+            // Without a handler, never resolve rather than stop at once.
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }
 
@@ -159,10 +177,11 @@ impl Server {
     /// Runs until Ctrl-C or SIGTERM, then shuts down within `deadline`.
     pub(crate) async fn run_until_signal(
         self,
+        signals: StopSignals,
         name: &str,
         deadline: Duration,
     ) -> anyhow::Result<()> {
-        shutdown_signal().await;
+        signals.recv().await;
         tracing::info!(
             "{name}: shutting down, finishing requests in flight (at most {deadline:?})"
         );

@@ -37,7 +37,7 @@ use tower::{Layer as _, ServiceExt as _};
 
 use crate::BadInput;
 use crate::args::{HttpUrl, fmt_duration, parse_duration, parse_http_url, parse_listen};
-use crate::net::{Server, bind, probe_upstream, shutdown_signal};
+use crate::net::{Server, StopSignals, bind, probe_upstream};
 use crate::prom::{GroupCounters, Registry};
 
 /// Options of `singleflight proxy`; each overrides the same key of `--config`.
@@ -744,6 +744,7 @@ fn admin_router(proxy: Arc<Proxy>, registry: Registry) -> Router {
 /// Runs the proxy until Ctrl-C or SIGTERM.
 pub(crate) async fn run(opts: &ProxyOpts) -> anyhow::Result<()> {
     let config = opts.resolve()?;
+    let signals = StopSignals::install()?;
     let running = start(config.clone()).await?;
     match running.admin_url() {
         Some(admin) => tracing::info!(
@@ -757,7 +758,7 @@ pub(crate) async fn run(opts: &ProxyOpts) -> anyhow::Result<()> {
             config.upstream
         ),
     }
-    shutdown_signal().await;
+    signals.recv().await;
     tracing::info!(
         "proxy: shutting down, finishing requests in flight (at most {:?})",
         config.shutdown_timeout

@@ -13,21 +13,103 @@
 //! ```text
 //! cargo bench -p singleflight-tower --bench coalesce
 //! ```
+//!
+//! Times are the benchmark thread's CPU time, not wall time: everything runs
+//! on that one thread (a current-thread runtime), and the project's machine
+//! is shared with other builds, whose load would otherwise skew one side of
+//! a comparison more than the other.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use cpu_time::ThreadTime;
+use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::stream;
 use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use singleflight_tower::CoalesceLayer;
 use tower::{Layer, Service, ServiceExt};
+
+/// The CPU time of the calling thread, as a criterion measurement.
+struct ThreadCpu;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = ThreadTime;
+    type Value = Duration;
+
+    fn start(&self) -> ThreadTime {
+        ThreadTime::now()
+    }
+
+    fn end(&self, started: ThreadTime) -> Duration {
+        started.elapsed()
+    }
+
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &Nanoseconds
+    }
+}
+
+/// Formats nanoseconds like criterion's wall-time formatter.
+struct Nanoseconds;
+
+impl ValueFormatter for Nanoseconds {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = if typical < 1e3 {
+            (1.0, "ns")
+        } else if typical < 1e6 {
+            (1e-3, "µs")
+        } else if typical < 1e9 {
+            (1e-6, "ms")
+        } else {
+            (1e-9, "s")
+        };
+        for value in values {
+            *value *= factor;
+        }
+        unit
+    }
+
+    fn scale_throughputs(
+        &self,
+        _typical: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        match throughput {
+            Throughput::Elements(elements) => {
+                for value in values {
+                    *value = *elements as f64 / (*value * 1e-9);
+                }
+                "elem/s"
+            }
+            _ => "",
+        }
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
 
 const WAITERS: usize = 256;
 const CHUNKS: usize = 16;
@@ -40,7 +122,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A POST to a cheap in-process service, through the layer or not.
-fn not_coalesced(c: &mut Criterion) {
+fn not_coalesced(c: &mut Criterion<ThreadCpu>) {
     let rt = runtime();
     let inner = tower::service_fn(|request: Request<Empty<Bytes>>| async move {
         black_box(request);
@@ -118,7 +200,7 @@ fn get() -> Request<Empty<Bytes>> {
         .expect("a valid request")
 }
 
-fn one_key_256(c: &mut Criterion) {
+fn one_key_256(c: &mut Criterion<ThreadCpu>) {
     let rt = runtime();
     let layered = CoalesceLayer::new().layer(streaming_upstream());
 
@@ -195,5 +277,9 @@ fn one_key_256(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, not_coalesced, one_key_256);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = not_coalesced, one_key_256
+}
 criterion_main!(benches);

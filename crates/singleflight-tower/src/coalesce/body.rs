@@ -383,6 +383,7 @@ impl<B: Body<Data = Bytes>> Body for CoalescedBody<B> {
     type Data = Bytes;
     type Error = Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -399,6 +400,7 @@ impl<B: Body<Data = Bytes>> Body for CoalescedBody<B> {
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body, .. } => body.is_end_stream(),
@@ -408,6 +410,7 @@ impl<B: Body<Data = Bytes>> Body for CoalescedBody<B> {
         }
     }
 
+    #[inline]
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body, .. } => body.size_hint(),

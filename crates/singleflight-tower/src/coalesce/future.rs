@@ -194,61 +194,84 @@ where
 {
     type Output = Result<Response<CoalescedBody<ResBody>>, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
-        loop {
-            let refetch = match state.as_mut().project() {
-                StateProj::Passthrough { future } => {
-                    let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(response.map(CoalescedBody::inner)));
-                }
-                StateProj::Waiting { waiting } => {
-                    let Waiting {
-                        call,
-                        slot,
-                        id,
-                        shared,
-                    } = &mut **waiting;
-                    let (flown, was_shared) = match ready!(Pin::new(call).poll(cx)) {
-                        Ok(outcome) => (outcome.value, outcome.shared),
-                        Err(_panicked) => (Flown::Failed(Failure::PANICKED), true),
-                    };
-                    match deliver(flown, was_shared, *id, slot, shared) {
-                        Delivery::Respond(response) => {
+        if let StateProj::Passthrough { future } = state.as_mut().project() {
+            let response = ready!(future.poll(cx))?;
+            return Poll::Ready(Ok(response.map(CoalescedBody::inner)));
+        }
+        poll_coalesced(state, cx)
+    }
+}
+
+/// Polls a coalesced request; out of line, so that the pass-through path
+/// stays small.
+#[inline(never)]
+fn poll_coalesced<S, ReqBody, ResBody>(
+    mut state: Pin<&mut State<S, ReqBody>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<CoalescedBody<ResBody>>, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    loop {
+        let refetch = match state.as_mut().project() {
+            StateProj::Passthrough { future } => {
+                let response = ready!(future.poll(cx))?;
+                return Poll::Ready(Ok(response.map(CoalescedBody::inner)));
+            }
+            StateProj::Waiting { waiting } => {
+                let Waiting {
+                    call,
+                    slot,
+                    id,
+                    shared,
+                } = &mut **waiting;
+                let (flown, was_shared) = match ready!(Pin::new(call).poll(cx)) {
+                    Ok(outcome) => (outcome.value, outcome.shared),
+                    Err(_panicked) => (Flown::Failed(Failure::PANICKED), true),
+                };
+                match deliver(flown, was_shared, *id, slot, shared) {
+                    Delivery::Respond(response) => {
+                        state.set(State::Done);
+                        return Poll::Ready(Ok(response));
+                    }
+                    Delivery::Refetch => {
+                        let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+                        let Some((mut service, request)) = taken else {
+                            let response = Failure::LOST.response(&shared.config, false);
                             state.set(State::Done);
                             return Poll::Ready(Ok(response));
-                        }
-                        Delivery::Refetch => {
-                            let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-                            let Some((mut service, request)) = taken else {
-                                let response = Failure::LOST.response(&shared.config, false);
-                                state.set(State::Done);
-                                return Poll::Ready(Ok(response));
-                            };
-                            Counters::add(&shared.counters.refetched);
-                            State::Refetching {
-                                future: service.call(request),
-                                shared: Arc::clone(shared),
-                            }
+                        };
+                        Counters::add(&shared.counters.refetched);
+                        State::Refetching {
+                            future: service.call(request),
+                            shared: Arc::clone(shared),
                         }
                     }
                 }
-                StateProj::Refetching { future, shared } => {
-                    let mut response = match ready!(future.poll(cx)) {
-                        Ok(response) => response.map(CoalescedBody::inner),
-                        Err(error) => {
-                            let error: BoxError = error.into();
-                            Failure::of(&*error).response(&shared.config, false)
-                        }
-                    };
-                    mark(response.headers_mut(), &shared.config, false);
-                    state.set(State::Done);
-                    return Poll::Ready(Ok(response));
-                }
-                StateProj::Done => panic!("ResponseFuture polled after completion"),
-            };
-            state.set(refetch);
-        }
+            }
+            StateProj::Refetching { future, shared } => {
+                let mut response = match ready!(future.poll(cx)) {
+                    Ok(response) => response.map(CoalescedBody::inner),
+                    Err(error) => {
+                        let error: BoxError = error.into();
+                        Failure::of(&*error).response(&shared.config, false)
+                    }
+                };
+                mark(response.headers_mut(), &shared.config, false);
+                state.set(State::Done);
+                return Poll::Ready(Ok(response));
+            }
+            StateProj::Done => panic!("ResponseFuture polled after completion"),
+        };
+        state.set(refetch);
     }
 }
 

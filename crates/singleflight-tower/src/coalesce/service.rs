@@ -421,6 +421,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // Take the service that was driven to readiness; leave a clone.
         let clone = self.inner.clone();
@@ -428,6 +429,27 @@ where
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return ResponseFuture::passthrough(inner.call(request));
         }
+        self.candidate(inner, request)
+    }
+}
+
+impl<S> Coalesce<S> {
+    /// Coalesces a `GET` or `HEAD` request, unless a rule sends it straight
+    /// through. Out of line, so that `call` stays small for the others.
+    #[inline(never)]
+    fn candidate<ReqBody, ResBody>(
+        &self,
+        mut inner: S,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ReqBody: Body + Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
         let (head, body) = request.into_parts();
         let body_is_empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
         let Some((key, resource)) = self.shared.key(&head, body_is_empty) else {

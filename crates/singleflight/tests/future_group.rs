@@ -97,13 +97,10 @@ impl Drop for DropGuard {
 }
 
 impl Probe {
-    fn work<T: Send + 'static>(
+    fn work<T: Clone + Send + Sync + 'static>(
         &self,
         gate: futures::future::Shared<oneshot::Receiver<T>>,
-    ) -> impl Future<Output = T> + Send + 'static + use<T>
-    where
-        T: Clone + Sync,
-    {
+    ) -> impl Future<Output = T> + Send + 'static + use<T> {
         let (runs, guard) = (self.runs.clone(), DropGuard(self.drops.clone()));
         async move {
             let _guard = guard;

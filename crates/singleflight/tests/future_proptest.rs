@@ -28,6 +28,12 @@ enum Ending {
     Panic,
 }
 
+/// A gate, shared by the harness and the work it holds back.
+type Gate = Arc<Mutex<GateState>>;
+
+/// What a call runs when it starts a flight.
+type Make = Box<dyn FnOnce() -> Work + Send>;
+
 #[derive(Default)]
 struct GateState {
     ending: Option<Ending>,
@@ -37,7 +43,7 @@ struct GateState {
 /// The work of execution `id`: waits for its gate, then returns `id` or panics.
 struct Work {
     id: u64,
-    gate: Arc<Mutex<GateState>>,
+    gate: Gate,
     _dropped: DropCount,
 }
 
@@ -72,8 +78,7 @@ impl Wake for Flag {
     }
 }
 
-type Call =
-    TryCall<u8, u64, std::collections::hash_map::RandomState, Box<dyn FnOnce() -> Work + Send>>;
+type Call = TryCall<u8, u64, std::collections::hash_map::RandomState, Make>;
 
 struct Caller {
     key: u8,
@@ -106,7 +111,7 @@ struct Harness {
     group: Group<u8, u64>,
     callers: Vec<Option<Caller>>,
     /// Gates of every execution started, by id.
-    gates: HashMap<u64, Arc<Mutex<GateState>>>,
+    gates: HashMap<u64, Gate>,
     endings: HashMap<u64, Ending>,
     next_exec: Arc<AtomicUsize>,
     drops: Arc<AtomicUsize>,
@@ -115,7 +120,7 @@ struct Harness {
     /// The model: how many callers each execution still has.
     callers_of: HashMap<u64, usize>,
     /// Executions whose gates were created, to collect from `make` closures.
-    started: Arc<Mutex<Vec<(u64, Arc<Mutex<GateState>>)>>>,
+    started: Arc<Mutex<Vec<(u64, Gate)>>>,
 }
 
 impl Harness {
@@ -139,7 +144,7 @@ impl Harness {
             self.drops.clone(),
             self.started.clone(),
         );
-        let make: Box<dyn FnOnce() -> Work + Send> = Box::new(move || {
+        let make: Make = Box::new(move || {
             let id = next.fetch_add(1, Ordering::SeqCst) as u64;
             let gate = Arc::new(Mutex::new(GateState::default()));
             started.lock().unwrap().push((id, gate.clone()));

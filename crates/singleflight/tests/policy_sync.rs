@@ -469,3 +469,32 @@ fn a_panicking_clone_for_the_memo_still_ends_the_flight() {
     assert!(group.is_empty());
     assert_eq!(group.call("k", || Fragile(2)).value, Fragile(2));
 }
+
+#[test]
+fn a_forgotten_flight_does_not_write_the_memo_either() {
+    let group = Arc::new(
+        Group::<&str, u32>::builder()
+            .memo(TTL)
+            .clock(ManualClock::new())
+            .build(),
+    );
+    let gate = Gate::default();
+    let old = {
+        let (group, gate) = (group.clone(), gate.clone());
+        thread::spawn(move || {
+            group.call("k", || {
+                gate.wait();
+                1
+            })
+        })
+    };
+    until_flight(&group, "k");
+    assert!(group.forget("k"));
+    // A newer flight for the key runs beside the forgotten one and memoises.
+    assert_eq!(group.call("k", || 2).value, 2);
+    gate.open();
+    assert_eq!(old.join().unwrap().value, 1);
+    // The forgotten flight ended last, yet the memo holds the newer value.
+    let memo = group.call("k", || 3);
+    assert_eq!((memo.value, memo.source), (2, Source::Memo));
+}

@@ -144,8 +144,8 @@ impl fmt::Debug for ManualClock {
 /// or a [`Clock`] the builder was given.
 #[derive(Clone)]
 pub(crate) enum Time {
-    /// `CLOCK_MONOTONIC_COARSE` (through `coarsetime`), in 2^-32 s ticks;
-    /// its resolution is the kernel tick, 1 to 4 ms.
+    /// `CLOCK_MONOTONIC_COARSE` (through `coarsetime`), in its ticks; its
+    /// resolution is the kernel tick, 1 to 4 ms.
     Coarse,
     /// A [`Clock`], in nanoseconds since `base`.
     Custom {
@@ -174,7 +174,8 @@ impl Time {
     /// `span` in this clock's unit.
     pub(crate) fn span(&self, span: Duration) -> u64 {
         match self {
-            Self::Coarse => saturate(span.as_nanos() * (1u128 << 32) / 1_000_000_000),
+            // coarsetime's own conversion, so the unit is its instants' unit.
+            Self::Coarse => coarsetime::Duration::from(span).as_ticks(),
             Self::Custom { .. } => saturate(span.as_nanos()),
         }
     }

@@ -649,3 +649,41 @@ async fn ranges_and_conditions_are_part_of_the_key() {
     );
     no_more_requests(&mut upstreams);
 }
+
+#[tokio::test]
+async fn waiters_hold_no_capacity_of_the_inner_service() {
+    // Two permits: the flight for /a holds one; its three waiters must not
+    // hold the other, or /b could not be sent until /a is answered.
+    let (upstream, mut upstreams) = mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
+    let limited = tower::limit::ConcurrencyLimitLayer::new(2).layer(upstream);
+    let mut service = CoalesceLayer::new().layer(limited);
+    let mut pending = Vec::new();
+    for uri in ["/a", "/a", "/a", "/a", "/b"] {
+        let ready = service.ready().await.expect("ready");
+        let mut response = Box::pin(ready.call(get(uri)));
+        let first = std::future::poll_fn(|cx| Poll::Ready(response.as_mut().poll(cx).is_pending()));
+        assert!(first.await);
+        pending.push(tokio::spawn(async move {
+            let response = response.await.expect("a response");
+            response
+                .into_body()
+                .collect()
+                .await
+                .expect("a body")
+                .to_bytes()
+        }));
+    }
+    let (a, reply_a) = upstreams.next_request().await.expect("a request");
+    let (b, reply_b) = upstreams
+        .next_request()
+        .await
+        .expect("b request, while a waits");
+    assert_eq!((a.uri().path(), b.uri().path()), ("/a", "/b"));
+    reply_b.send_response(text("b"));
+    reply_a.send_response(text("a"));
+    let bodies: Vec<Bytes> = futures::future::try_join_all(pending)
+        .await
+        .expect("no panic");
+    assert_eq!(bodies, ["a", "a", "a", "a", "b"]);
+    no_more_requests(&mut upstreams);
+}

@@ -5,7 +5,10 @@
 //   Exactly one of two things takes them out, once: the flight's work, when
 //   that request leads the flight, or its own `ResponseFuture`, when it must
 //   fetch its own response after all. A leader never refetches, since it owns
-//   the response its flight produced.
+//   the response its flight produced. A follower swaps the ready service in
+//   its slot for an unready clone as soon as it has joined, so that it holds
+//   no capacity of the inner service (a concurrency permit, a buffer slot)
+//   while it waits; it drives the clone to readiness if it must refetch.
 // - A `Flown` is cloned for every waiter; what is in it is shared through
 //   `Arc`s, and only `PrivateResponse::response` is ever taken, by its owner.
 

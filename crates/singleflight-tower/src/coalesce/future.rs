@@ -77,6 +77,12 @@ pin_project! {
         Waiting {
             waiting: Box<Waiting<S, ReqBody>>,
         },
+        // About to send our own request after all (see `Refetching`): the
+        // service, released while waiting, is made ready again first.
+        Readying {
+            readying: Option<Box<(S, Request<ReqBody>)>>,
+            shared: Arc<Shared>,
+        },
         // Sending our own request after all: the flight's response was
         // private to its requester or varied on a header we differ in.
         Refetching {
@@ -111,6 +117,7 @@ where
                     slot,
                     id,
                     shared,
+                    released: false,
                 }),
             },
         }
@@ -126,6 +133,23 @@ where
     slot: Arc<Slot<S, ReqBody>>,
     id: u64,
     shared: Arc<Shared>,
+    /// Whether this waiter swapped its ready service for an unready clone.
+    released: bool,
+}
+
+/// A follower gives back the ready service it was called with (and with it
+/// any capacity its readiness reserved, such as a concurrency-limit permit)
+/// while it waits, keeping an unready clone in case it must send its own
+/// request later. The ready service is dropped outside the slot's lock (its
+/// drop is user code); the slot is only ever locked by its own request.
+fn release<S: Clone, ReqBody>(slot: &Slot<S, ReqBody>) {
+    let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    let ready = guard.as_mut().map(|(service, _)| {
+        let spare = service.clone();
+        std::mem::replace(service, spare)
+    });
+    drop(guard);
+    drop(ready);
 }
 
 /// What a waiter does with its flight's value.
@@ -185,7 +209,7 @@ fn deliver<S, ReqBody, B: Body>(
 
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     ReqBody: Send + 'static,
@@ -213,7 +237,7 @@ fn poll_coalesced<S, ReqBody, ResBody>(
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<CoalescedBody<ResBody>>, S::Error>>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     ReqBody: Send + 'static,
@@ -232,8 +256,16 @@ where
                     slot,
                     id,
                     shared,
+                    released,
                 } = &mut **waiting;
-                let (flown, was_shared) = match ready!(Pin::new(call).poll(cx)) {
+                let Poll::Ready(result) = Pin::new(call).poll(cx) else {
+                    if !*released {
+                        *released = true;
+                        release(slot);
+                    }
+                    return Poll::Pending;
+                };
+                let (flown, was_shared) = match result {
                     Ok(outcome) => (outcome.value, outcome.shared),
                     Err(_panicked) => (Flown::Failed(Failure::PANICKED), true),
                 };
@@ -244,16 +276,41 @@ where
                     }
                     Delivery::Refetch => {
                         let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-                        let Some((mut service, request)) = taken else {
+                        let Some(pair) = taken else {
                             let response = Failure::LOST.response(&shared.config, false);
                             state.set(State::Done);
                             return Poll::Ready(Ok(response));
                         };
                         Counters::add(&shared.counters.refetched);
+                        State::Readying {
+                            readying: Some(Box::new(pair)),
+                            shared: Arc::clone(shared),
+                        }
+                    }
+                }
+            }
+            StateProj::Readying { readying, shared } => {
+                let ready = match readying.as_mut() {
+                    Some(pair) => ready!(pair.0.poll_ready(cx)),
+                    None => Ok(()),
+                };
+                let pair = readying.take();
+                match (ready, pair) {
+                    (Ok(()), Some(pair)) => {
+                        let (mut service, request) = *pair;
                         State::Refetching {
                             future: service.call(request),
                             shared: Arc::clone(shared),
                         }
+                    }
+                    (ready, _) => {
+                        let failure = match ready {
+                            Err(error) => Failure::of(&*error.into()),
+                            Ok(()) => Failure::LOST,
+                        };
+                        let response = failure.response(&shared.config, false);
+                        state.set(State::Done);
+                        return Poll::Ready(Ok(response));
                     }
                 }
             }
@@ -283,6 +340,7 @@ where
         let state = match &self.state {
             State::Passthrough { .. } => "Passthrough",
             State::Waiting { .. } => "Waiting",
+            State::Readying { .. } => "Readying",
             State::Refetching { .. } => "Refetching",
             State::Done => "Done",
         };

@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use singleflight_tower::{Coalesce, CoalesceLayer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tower::{Layer, ServiceExt};
 
@@ -77,7 +77,13 @@ async fn server(layer: CoalesceLayer) -> Server {
     let coalesce: Coalesce<Upstream> = layer.layer(upstream);
     let (joined_tx, joined) = watch::channel(0);
     let joined_tx = Arc::new(joined_tx);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    // A backlog above the 200 clients that connect at once (the standard
+    // library's 128 would make some of them retry their SYN a second later).
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("a port");
+    let listener = socket.listen(1024).expect("listening");
     let addr = listener.local_addr().expect("an address");
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

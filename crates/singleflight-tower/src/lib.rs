@@ -14,6 +14,25 @@
 //! private`/`no-store`); `Vary` is honoured. See [`Coalesce`] for the rules
 //! and [`CoalesceLayer`] for the settings.
 //!
+//! # How the body is shared
+//!
+//! The flight's value is the response head and one shared body. No task is
+//! spawned: whichever waiter's body is polled at the end of what has arrived
+//! pulls the next chunk from the upstream (under a lock held only for that
+//! non-blocking poll), appends it to a log every waiter reads at its own
+//! pace, and wakes the others. The upstream is polled with a waker that
+//! wakes every waiting reader, so a waiter that stalls or goes away never
+//! holds the others up, and the upstream is only read as fast as the
+//! fastest waiter reads.
+//!
+//! The log keeps up to [`CoalesceLayer::max_buffer`] bytes (4 MiB by
+//! default): a body no longer than that reaches every waiter whole however
+//! slow it is; past it, a waiter that falls further behind than that fails
+//! with [`Error::FellBehind`] and its client sees an aborted response. An
+//! upstream failure mid-body is an [`Error::Upstream`] for every waiter, after
+//! the bytes that came before it. No waiter ever gets a short body that looks
+//! whole.
+//!
 //! # Examples
 //!
 //! With axum (see `examples/axum.rs` for a whole server):

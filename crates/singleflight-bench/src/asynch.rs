@@ -209,6 +209,19 @@ pub fn herd<C: Coalescer>(
     (out, executions.load(Ordering::Relaxed))
 }
 
+/// Not a contender: the harness alone, each released task returning at once
+/// without a call or work; ns per round. The part of every herd round that
+/// no group can remove.
+pub fn herd_release_only(rt: &Runtime, tasks: usize, rounds: usize) -> Vec<f64> {
+    rt.block_on(async {
+        let mut out = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            out.push(herd_round(tasks, |_| async { 42 }).await);
+        }
+        out
+    })
+}
+
 /// The floor of the herd: the same harness, task 0 does the work and sends
 /// the value on a `watch` channel, every other task waits for it.
 pub fn herd_floor(rt: &Runtime, tasks: usize, work: Duration, rounds: usize) -> Vec<f64> {

@@ -18,7 +18,10 @@
 //   error); `source` is dropped at that moment.
 // - Lock order: `state`, then `Waiting`'s lock. `WakeAll::wake` takes only
 //   `Waiting`'s lock (an upstream may wake synchronously from inside its
-//   poll, while `state` is held) and calls wakers after releasing it.
+//   poll, while `state` is held) and calls wakers after releasing it. Such a
+//   synchronous wake calls readers' wakers while `state` is held: fine for
+//   wakers that schedule (tokio, futures, smol); a waker that polled its
+//   task inline would deadlock, as it would with most locks.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -8,20 +8,74 @@
 // - A slot is identified by `(hash, id)`; ids are never reused within a
 //   table, so a finishing flight removes its own slot and never a newer
 //   flight's, whatever `forget` did meanwhile.
-// - The key's hash is computed once, outside the lock, and stored in the
-//   slot, so growing the table never calls user hashing code under the lock.
+// - A call hashes its key once, outside the lock. The hash is not stored in
+//   the slot (a smaller slot is less memory per flight): when a shard's table
+//   grows or tidies up, it hashes its keys again under the shard lock. That,
+//   and `Eq` in lookups, is the only user code that runs under a group lock.
+// - The flights are split over `Shards` by their hash, each with its own
+//   lock, so calls for different keys rarely contend. Everything about one
+//   key (its slots, the memo write check) happens under its one shard lock.
 
 use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
 
 use hashbrown::HashTable;
 
+use crate::loom::lock;
+use crate::loom::sync::{Mutex, MutexGuard};
+
+/// The group's flights, split into independently locked shards.
+pub(crate) struct Shards<K, F> {
+    shards: Box<[Shard<K, F>]>,
+    mask: usize,
+}
+
+/// One shard, on a cache line of its own so that two cores working on
+/// different shards do not contend for the line.
+#[repr(align(128))]
+struct Shard<K, F>(Mutex<Table<K, F>>);
+
+impl<K, F> Shards<K, F> {
+    pub(crate) fn new() -> Self {
+        // A few shards per core keeps contention rare without making an idle
+        // group large (128 bytes a shard).
+        let count = if cfg!(singleflight_loom) {
+            2
+        } else {
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZero::get)
+                .saturating_mul(4)
+                .clamp(4, 64)
+                .next_power_of_two()
+        };
+        Self {
+            shards: (0..count)
+                .map(|_| Shard(Mutex::new(Table::new())))
+                .collect(),
+            mask: count - 1,
+        }
+    }
+
+    /// Locks the shard of the key whose hash is `hash`.
+    pub(crate) fn lock(&self, hash: u64) -> MutexGuard<'_, Table<K, F>> {
+        // Bits the shard's own table does not use to place a slot (hashbrown
+        // takes the low bits for the bucket and the top seven as a tag).
+        let index = (hash >> 32) as usize & self.mask;
+        lock(&self.shards[index].0)
+    }
+
+    /// Number of flights in progress over all shards, forgotten ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|shard| lock(&shard.0).len()).sum()
+    }
+}
+
 /// One flight's entry in the table.
 pub(crate) struct Slot<K, F> {
-    hash: u64,
     id: u64,
     forgotten: bool,
     /// Callers waiting on this flight (policy path only; the waiter cap).
-    pub(crate) followers: usize,
+    pub(crate) followers: u32,
     /// Whether this flight is already a retry (`ErrorPolicy::RetryOnce`).
     pub(crate) retried: bool,
     pub(crate) key: K,
@@ -67,11 +121,13 @@ impl<K, F> Table<K, F> {
     }
 
     /// Inserts a live slot for a new flight and returns its id.
-    pub(crate) fn insert(&mut self, hash: u64, key: K) -> u64 {
+    pub(crate) fn insert(&mut self, hash: u64, key: K, hasher: &impl BuildHasher) -> u64
+    where
+        K: Hash,
+    {
         let id = self.next_id;
         self.next_id += 1;
         let slot = Slot {
-            hash,
             id,
             forgotten: false,
             followers: 0,
@@ -79,7 +135,8 @@ impl<K, F> Table<K, F> {
             key,
             flight: None,
         };
-        self.slots.insert_unique(hash, slot, |slot| slot.hash);
+        self.slots
+            .insert_unique(hash, slot, |slot| hasher.hash_one(&slot.key));
         id
     }
 
@@ -109,6 +166,16 @@ impl<K, F> Table<K, F> {
             }
             None => false,
         }
+    }
+
+    /// The live slot for `key`, if a flight for it is in progress.
+    pub(crate) fn live<Q>(&self, hash: u64, key: &Q) -> Option<&Slot<K, F>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.slots
+            .find(hash, |slot| !slot.forgotten && slot.key.borrow() == key)
     }
 
     /// Whether a live flight for `key` is in progress.

@@ -20,9 +20,9 @@ use super::call::{Call, Lead, TryCall};
 use super::flight::{Flight, Work};
 use super::spawn::{Detached, Spawn};
 use crate::loom::lock;
-use crate::loom::sync::{Arc, Mutex};
+use crate::loom::sync::Arc;
 use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Policies, Settings};
-use crate::table::Table;
+use crate::table::Shards;
 use crate::{Error, Outcome, Panicked};
 
 /// Coalesces concurrent async calls for the same key: the work runs once and
@@ -82,7 +82,7 @@ pub struct Group<K, T, S = RandomState> {
 }
 
 pub(crate) struct Inner<K, T, S> {
-    pub(super) table: Mutex<Table<K, Arc<Flight<T>>>>,
+    pub(super) table: Shards<K, Arc<Flight<T>>>,
     pub(super) hasher: S,
     pub(super) spawner: Option<StdArc<dyn Spawn>>,
     /// `None` unless the builder turned a policy on: the plain path pays one
@@ -96,7 +96,7 @@ impl<K, T> Group<K, T, RandomState> {
     pub fn new() -> Self {
         Self {
             inner: StdArc::new(Inner {
-                table: Mutex::new(Table::new()),
+                table: Shards::new(),
                 hasher: RandomState::new(),
                 spawner: None,
                 policy: None,
@@ -144,7 +144,7 @@ impl<K, T, S> Clone for Group<K, T, S> {
 impl<K, T, S> Group<K, T, S> {
     /// The number of flights in progress (forgotten ones included, until they end).
     pub fn len(&self) -> usize {
-        lock(&self.inner.table).len()
+        self.inner.table.len()
     }
 
     /// Whether no flight is in progress.
@@ -246,7 +246,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.inner.hasher.hash_one(key);
-        lock(&self.inner.table).forget(hash, key)
+        self.inner.table.lock(hash).forget(hash, key)
     }
 
     /// Whether a flight for `key` is in progress (and not forgotten).
@@ -263,7 +263,33 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.inner.hasher.hash_one(key);
-        lock(&self.inner.table).contains(hash, key)
+        self.inner.table.lock(hash).contains(hash, key)
+    }
+
+    /// The number of callers waiting on the flight in progress for `key`,
+    /// the one driving its work not counted; 0 when no flight for `key` is in
+    /// progress.
+    ///
+    /// A snapshot, for observation and tests: it may change as soon as it
+    /// is read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::future::Group::<String, u8>::new();
+    /// assert_eq!(group.waiters("key"), 0);
+    /// ```
+    pub fn waiters<Q>(&self, key: &Q) -> usize
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.inner.hasher.hash_one(key);
+        let table = self.inner.table.lock(hash);
+        table
+            .live(hash, key)
+            .and_then(|slot| slot.flight.as_ref())
+            .map_or(0, |flight| lock(&flight.state).callers.saturating_sub(1))
     }
 }
 
@@ -325,7 +351,7 @@ impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
         let policy = self.settings.build(self.spawner.is_some());
         Group {
             inner: StdArc::new(Inner {
-                table: Mutex::new(Table::new()),
+                table: Shards::new(),
                 hasher: self.hasher,
                 spawner: self.spawner,
                 policy,
@@ -378,7 +404,7 @@ where
             return self.join_policed(policy, key, make);
         }
         let hash = self.hasher.hash_one(&key);
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock(hash);
         if let Some(slot) = table.live_mut(hash, &key) {
             let id = slot.id();
             let flight = Arc::clone(
@@ -394,7 +420,7 @@ where
                 make: None,
             };
         }
-        let id = table.insert(hash, key);
+        let id = table.insert(hash, key, &self.hasher);
         drop(table);
         match self.make_work(make, hash, id) {
             Ok(lead) => Joined::Lead(lead),
@@ -448,7 +474,7 @@ where
         if let Some(policy) = &self.policy {
             return self.finish_policed(policy, hash, id, result);
         }
-        let slot = lock(&self.table).remove(hash, id);
+        let slot = self.table.lock(hash).remove(hash, id);
         let flight = slot.and_then(|slot| slot.flight);
         crate::settle::settle(result, flight.as_deref())
     }
@@ -460,7 +486,7 @@ where
     /// its executor shuts down: handing it back would loop.
     pub(crate) fn abandon(self: &StdArc<Self>, lead: Lead<T>, may_detach: bool) {
         let Lead { work, hash, id } = lead;
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock(hash);
         let Some(slot) = table.get_mut(hash, id) else {
             return;
         };
@@ -511,7 +537,7 @@ where
         id: u64,
         waiter: Option<usize>,
     ) {
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock(hash);
         let mut state = lock(&flight.state);
         if state.result.is_some() {
             return;

@@ -182,7 +182,7 @@ where
     {
         let inner = &self.inner;
         let hash = inner.hasher.hash_one(key);
-        let mut table = lock(&inner.table);
+        let mut table = inner.table.lock(hash);
         let forgot = table.forget(hash, key);
         let removed = inner
             .policy
@@ -229,7 +229,7 @@ where
             }
             // Hashed for the table only on a miss: the hit path pays the memo's hash alone.
             let hash = *hash.get_or_insert_with(|| self.hasher.hash_one(&key));
-            let mut table = lock(&self.table);
+            let mut table = self.table.lock(hash);
             if let Some(slot) = table.live_mut(hash, &key) {
                 let id = slot.id();
                 let flight = Arc::clone(
@@ -274,7 +274,7 @@ where
                 // A flight wrote the memo since we looked: look again.
                 continue;
             }
-            let id = table.insert(hash, key);
+            let id = table.insert(hash, key, &self.hasher);
             drop(table);
             p.gauge(Gauge::Flights, 1);
             p.count(Event::Execution);
@@ -295,13 +295,13 @@ where
         let Some(spawner) = &self.spawner else {
             return;
         };
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock(hash);
         if table.live_mut(hash, &key).is_some() {
             drop(table);
             drop(key);
             return;
         }
-        let id = table.insert(hash, key);
+        let id = table.insert(hash, key, &self.hasher);
         drop(table);
         p.gauge(Gauge::Flights, 1);
         p.count(Event::Execution);
@@ -329,7 +329,7 @@ where
             _ => None,
         };
 
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock(hash);
         if p.retry_once
             && failure
             && let Some(slot) = table.get_mut(hash, id)

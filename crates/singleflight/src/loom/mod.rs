@@ -3,8 +3,8 @@
 // `RUSTFLAGS="--cfg singleflight_loom"` to get the loom flavour.
 //
 // Poisoning is ignored on purpose: no user code runs while one of the
-// group's locks is held except `Eq` on keys, and the table stays consistent
-// when that panics, so a poisoned lock carries no broken invariant.
+// group's locks is held except `Hash` and `Eq` on keys, and the table stays
+// consistent when they panic, so a poisoned lock carries no broken invariant.
 
 #[cfg(not(singleflight_loom))]
 pub(crate) mod sync {

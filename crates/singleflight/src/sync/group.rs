@@ -16,11 +16,10 @@ use std::panic::{self, AssertUnwindSafe};
 
 use super::builder::Builder;
 use super::flight::Flight;
-use crate::loom::lock;
-use crate::loom::sync::{Arc, Mutex};
+use crate::loom::sync::Arc;
 use crate::policy::Policies;
 use crate::settle::{received, settle};
-use crate::table::Table;
+use crate::table::Shards;
 use crate::{Outcome, Panicked};
 
 /// Coalesces concurrent calls for the same key on threads: the work runs once
@@ -79,7 +78,7 @@ use crate::{Outcome, Panicked};
 ///
 /// prints eight times `status: 200 OK, shared: true`.
 pub struct Group<K, T, S = RandomState> {
-    pub(super) table: Mutex<Table<K, Arc<Flight<T>>>>,
+    pub(super) table: Shards<K, Arc<Flight<T>>>,
     pub(super) hasher: S,
     /// `None` unless the builder turned a policy on: the plain path pays one
     /// branch on it per call.
@@ -141,7 +140,7 @@ impl<K, T, S> Group<K, T, S> {
     /// ```
     pub fn with_hasher(hasher: S) -> Self {
         Self {
-            table: Mutex::new(Table::new()),
+            table: Shards::new(),
             hasher,
             policy: None,
         }
@@ -149,7 +148,7 @@ impl<K, T, S> Group<K, T, S> {
 
     /// The number of flights in progress (forgotten ones included, until they end).
     pub fn len(&self) -> usize {
-        lock(&self.table).len()
+        self.table.len()
     }
 
     /// Whether no flight is in progress.
@@ -227,19 +226,19 @@ where
             return self.try_call_policed(policy, key, work);
         }
         let hash = self.hasher.hash_one(&key);
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock(hash);
         if let Some(slot) = table.live_mut(hash, &key) {
             let flight = Arc::clone(slot.flight.get_or_insert_with(|| Arc::new(Flight::new())));
             drop(table);
             drop(key);
             return received(flight.wait());
         }
-        let id = table.insert(hash, key);
+        let id = table.insert(hash, key, &self.hasher);
         drop(table);
 
         let result = panic::catch_unwind(AssertUnwindSafe(work));
 
-        let slot = lock(&self.table).remove(hash, id);
+        let slot = self.table.lock(hash).remove(hash, id);
         let flight = slot.and_then(|slot| slot.flight);
         settle(result, flight.as_deref())
     }
@@ -263,7 +262,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hasher.hash_one(key);
-        lock(&self.table).forget(hash, key)
+        self.table.lock(hash).forget(hash, key)
     }
 
     /// Whether a flight for `key` is in progress (and not forgotten).
@@ -280,7 +279,38 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hasher.hash_one(key);
-        lock(&self.table).contains(hash, key)
+        self.table.lock(hash).contains(hash, key)
+    }
+
+    /// The number of callers waiting on the flight in progress for `key`,
+    /// its leader not counted; 0 when no flight for `key` is in progress.
+    ///
+    /// A snapshot, for observation and tests: it may change as soon as it
+    /// is read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<String, u8>::new();
+    /// let out = group.call("key".to_string(), || {
+    ///     assert_eq!(group.waiters("key"), 0); // the leader alone
+    ///     1
+    /// });
+    /// assert_eq!(group.waiters("key"), 0);
+    /// ```
+    pub fn waiters<Q>(&self, key: &Q) -> usize
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hasher.hash_one(key);
+        let table = self.table.lock(hash);
+        // Each waiting caller holds one reference to the flight; the slot
+        // holds the other.
+        table
+            .live(hash, key)
+            .and_then(|slot| slot.flight.as_ref())
+            .map_or(0, |flight| Arc::strong_count(flight) - 1)
     }
 }
 

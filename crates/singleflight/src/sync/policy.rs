@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use super::flight::{Flight, Waited};
 use super::group::Group;
-use crate::loom::lock;
 use crate::loom::sync::Arc;
 use crate::policy::memo::{Borrowed, Lookup};
 use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Overflow, Policies, Stats};
@@ -130,7 +129,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hasher.hash_one(key);
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock(hash);
         let forgot = table.forget(hash, key);
         let removed = self
             .policy
@@ -227,9 +226,9 @@ where
             };
             // Hashed for the table only on a miss: the hit path pays the memo's hash alone.
             let hash = *hash.get_or_insert_with(|| self.hasher.hash_one(&key));
-            let mut table = lock(&self.table);
+            let mut table = self.table.lock(hash);
             if let Some(slot) = table.live_mut(hash, &key) {
-                match p.over_cap(slot.followers) {
+                match p.over_cap(slot.followers as usize) {
                     Some(Overflow::Refuse) => return Err(Error::TooManyWaiters),
                     Some(Overflow::RunOwn) => {
                         drop(table);
@@ -255,7 +254,7 @@ where
                 // A flight wrote the memo since we looked: look again.
                 continue;
             }
-            let id = table.insert(hash, key);
+            let id = table.insert(hash, key, &self.hasher);
             drop(table);
             p.gauge(Gauge::Flights, 1);
             break (None, id);
@@ -276,14 +275,14 @@ where
                 Ok(outcome)
             }
             Waited::Claimed => {
-                if let Some(slot) = lock(&self.table).get_mut(hash, id) {
+                if let Some(slot) = self.table.lock(hash).get_mut(hash, id) {
                     slot.followers -= 1;
                 }
                 Ok(self.lead(p, hash, id, work)?)
             }
             Waited::TimedOut => {
                 p.count(Event::Timeout);
-                let mut table = lock(&self.table);
+                let mut table = self.table.lock(hash);
                 let mut orphaned = None;
                 if let Some(slot) = table.get_mut(hash, id) {
                     slot.followers -= 1;
@@ -325,7 +324,7 @@ where
             _ => None,
         };
 
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock(hash);
         if p.retry_once
             && failure
             && let Some(slot) = table.get_mut(hash, id)

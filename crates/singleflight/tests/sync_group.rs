@@ -1,8 +1,9 @@
 //! The blocking group's core contract: one execution per key, shared flags,
 //! no lock held while the work runs, panics reaching every caller, forget.
 
+use std::borrow::Borrow;
 use std::collections::hash_map::DefaultHasher;
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasherDefault, Hash};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -22,6 +23,21 @@ fn within_hang_bound<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) 
     thread::spawn(move || tx.send(f()).ok());
     rx.recv_timeout(HANG)
         .expect("deadlock: the calls did not complete")
+}
+
+/// Returns once `n` callers wait on the flight for "key" (failing the test
+/// if that never happens): they joined it, none can start another.
+fn until_waiters<K, T>(group: &Arc<Group<K, T>>, n: usize)
+where
+    K: Borrow<str> + Hash + Eq + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    let group = group.clone();
+    within_hang_bound(move || {
+        while group.waiters("key") < n {
+            thread::sleep(Duration::from_millis(1));
+        }
+    });
 }
 
 /// A gate the work waits on, opened by the test.
@@ -75,13 +91,9 @@ fn herd_of_256_threads_runs_the_work_once_and_all_share() {
             42
         })
     };
-    // Open the gate once every other thread is either waiting on the flight
-    // or about to; a thread still on its way would start a second execution
-    // and fail the count below, so give stragglers ample time first.
-    while executions.load(Ordering::SeqCst) == 0 {
-        thread::yield_now();
-    }
-    thread::sleep(Duration::from_millis(300));
+    // Open the gate once the other N - 1 threads wait on the flight: none can
+    // then arrive late and start a second execution.
+    until_waiters(&group, N - 1);
     gate.open();
     let outs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(executions.load(Ordering::SeqCst), 1);
@@ -162,7 +174,7 @@ fn errors_are_values_shared_with_every_caller() {
         let group = group.clone();
         thread::spawn(move || group.call("key".into(), || Ok(1)))
     };
-    thread::sleep(Duration::from_millis(100));
+    until_waiters(&group, 1);
     gate.open();
     let (l, f) = (leader.join().unwrap(), follower.join().unwrap());
     assert_eq!(l.value, Err("upstream down".to_string()));
@@ -199,7 +211,7 @@ fn panic_reaches_every_caller_with_its_message_and_the_group_stays_usable() {
             })
         })
         .collect();
-    thread::sleep(Duration::from_millis(100));
+    until_waiters(&group, FOLLOWERS);
     gate.open();
 
     let payload = leader.join().unwrap().unwrap_err();
@@ -261,7 +273,7 @@ fn forget_during_a_flight_lets_new_callers_start_a_new_one() {
         let group = group.clone();
         thread::spawn(move || group.call("key".into(), || "never run"))
     };
-    thread::sleep(Duration::from_millis(100));
+    until_waiters(&group, 1);
 
     assert!(group.forget("key"));
     assert!(!group.contains("key"));
@@ -294,7 +306,7 @@ fn forget_during_a_flight_lets_new_callers_start_a_new_one() {
         let group = group.clone();
         thread::spawn(move || group.call("key".into(), || "a third execution"))
     };
-    thread::sleep(Duration::from_millis(100));
+    until_waiters(&group, 1);
     new_gate.open();
     assert_eq!(new_leader.join().unwrap().value, "new");
     let late = late.join().unwrap();
@@ -353,7 +365,7 @@ fn a_panicking_clone_hurts_only_its_own_caller() {
         let group = group.clone();
         thread::spawn(move || group.call("key", || Fragile(0)))
     };
-    thread::sleep(Duration::from_millis(100));
+    until_waiters(&group, 2);
     gate.open();
     assert_eq!(leader.join().unwrap().value.0, 4);
     assert_eq!(sturdy.join().unwrap().value.0, 4);

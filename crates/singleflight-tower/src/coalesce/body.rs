@@ -138,6 +138,15 @@ impl SharedBody {
         }
     }
 
+    /// Whether a reader that starts now gets the whole body: its exact
+    /// length was announced and fits the buffer, and it has not failed.
+    pub(crate) fn replayable(&self) -> bool {
+        let fits = self
+            .exact_len
+            .is_some_and(|len| len <= self.max_buffer as u64);
+        fits && !matches!(lock(&self.state).end, Some(End::Failed(_)))
+    }
+
     /// A reader from the first byte.
     pub(crate) fn reader(self: &Arc<Self>) -> Reader {
         let slot = lock(&self.wake_all.waiting).insert(None);

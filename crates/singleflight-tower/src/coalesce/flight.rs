@@ -45,6 +45,26 @@ pub(crate) enum Flown {
     Failed(Failure),
 }
 
+impl Flown {
+    /// Whether a later request may be answered with this (the memo): a
+    /// shared response, not a 5xx, not `no-cache`, whose body a new reader
+    /// gets whole.
+    pub(crate) fn replayable(&self) -> bool {
+        let Flown::Shared(response) = self else {
+            return false;
+        };
+        let no_cache = response
+            .head
+            .headers
+            .get_all(CACHE_CONTROL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"));
+        !response.head.status.is_server_error() && !no_cache && response.body.replayable()
+    }
+}
+
 /// A response every waiter gets: its head, and its body to read.
 pub(crate) struct SharedResponse {
     pub(crate) head: http::response::Parts,

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use singleflight::Source;
 use singleflight::future::TryCall;
 use tower::Service;
 
@@ -109,10 +110,12 @@ where
         slot: Arc<Slot<S, ReqBody>>,
         id: u64,
         shared: Arc<Shared>,
+        memo_key: Option<String>,
     ) -> Self {
         Self {
             state: State::Waiting {
                 waiting: Box::new(Waiting {
+                    memo_key,
                     call,
                     slot,
                     id,
@@ -135,6 +138,9 @@ where
     shared: Arc<Shared>,
     /// Whether this waiter swapped its ready service for an unready clone.
     released: bool,
+    /// The key, kept only when the memo is on: to drop a kept response whose
+    /// body failed after it was kept.
+    memo_key: Option<String>,
 }
 
 /// A follower gives back the ready service it was called with (and with it
@@ -257,6 +263,7 @@ where
                     id,
                     shared,
                     released,
+                    memo_key,
                 } = &mut **waiting;
                 let Poll::Ready(result) = Pin::new(call).poll(cx) else {
                     if !*released {
@@ -265,11 +272,24 @@ where
                     }
                     return Poll::Pending;
                 };
-                let (flown, was_shared) = match result {
-                    Ok(outcome) => (outcome.value, outcome.shared),
-                    Err(_panicked) => (Flown::Failed(Failure::PANICKED), true),
+                let (flown, was_shared, kept) = match result {
+                    Ok(outcome) => {
+                        let kept = matches!(outcome.source, Source::Memo | Source::Stale);
+                        (outcome.value, outcome.shared, kept)
+                    }
+                    Err(_panicked) => (Flown::Failed(Failure::PANICKED), true, false),
                 };
-                match deliver(flown, was_shared, *id, slot, shared) {
+                let delivery = if kept && !flown.replayable() {
+                    // A kept response whose body failed upstream after it was
+                    // kept: drop it, and fetch our own.
+                    if let Some(key) = memo_key.as_deref() {
+                        shared.group.invalidate(key);
+                    }
+                    Delivery::Refetch
+                } else {
+                    deliver(flown, was_shared, *id, slot, shared)
+                };
+                match delivery {
                     Delivery::Respond(response) => {
                         state.set(State::Done);
                         return Poll::Ready(Ok(response));

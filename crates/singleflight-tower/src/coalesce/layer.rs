@@ -53,6 +53,8 @@ pub(crate) struct Config {
     pub(crate) private_bypass: Duration,
     pub(crate) remembered: usize,
     pub(crate) metrics: Option<String>,
+    pub(crate) memo_ttl: Option<Duration>,
+    pub(crate) stale: Option<Duration>,
 }
 
 impl Default for Config {
@@ -67,6 +69,8 @@ impl Default for Config {
             private_bypass: Duration::from_secs(30),
             remembered: 4096,
             metrics: None,
+            memo_ttl: None,
+            stale: None,
         }
     }
 }
@@ -83,6 +87,8 @@ impl fmt::Debug for Config {
             .field("private_bypass", &self.private_bypass)
             .field("remembered", &self.remembered)
             .field("metrics", &self.metrics)
+            .field("memo_ttl", &self.memo_ttl)
+            .field("stale", &self.stale)
             .finish()
     }
 }
@@ -318,6 +324,51 @@ impl CoalesceLayer {
     /// ```
     pub fn metrics(mut self, name: impl Into<String>) -> Self {
         self.config().metrics = Some(name.into());
+        self
+    }
+}
+
+impl CoalesceLayer {
+    /// Keeps a response for `ttl` after its flight and answers later
+    /// requests for the same key from it, without a request upstream.
+    ///
+    /// Only responses that every later reader can be given whole are kept:
+    /// shared ones (never a `Set-Cookie`, `private` or `no-store` response),
+    /// not a 5xx, not marked `Cache-Control: no-cache`, and with a
+    /// `Content-Length` within [`max_buffer`](CoalesceLayer::max_buffer) (or
+    /// no body at all). A kept response whose body then failed upstream is
+    /// dropped at its next hit, and that request fetches its own.
+    ///
+    /// Use it for data that may be up to `ttl` old (the article's rule: read
+    /// very often, changed rarely or needed not in real time).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let layer = singleflight_tower::CoalesceLayer::new().memo(Duration::from_secs(1));
+    /// # drop(layer);
+    /// ```
+    pub fn memo(mut self, ttl: Duration) -> Self {
+        self.config().memo_ttl = Some(ttl);
+        self
+    }
+
+    /// Past its [`memo`](CoalesceLayer::memo) TTL, a kept response is still
+    /// served for `grace` while one background request refreshes it (on the
+    /// tokio runtime the service runs on). Needs `memo`; ignored without it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let layer = singleflight_tower::CoalesceLayer::new()
+    ///     .memo(Duration::from_secs(1))
+    ///     .stale_while_revalidate(Duration::from_secs(10));
+    /// # drop(layer);
+    /// ```
+    pub fn stale_while_revalidate(mut self, grace: Duration) -> Self {
+        self.config().stale = Some(grace);
         self
     }
 }

@@ -16,7 +16,7 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method, Request, Response};
 use http_body::Body;
-use singleflight::future::Group;
+use singleflight::future::{Detached, Group};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -300,10 +300,22 @@ impl<S> Coalesce<S> {
     pub(crate) fn with_layer(inner: S, layer: &CoalesceLayer) -> Self {
         let config = Arc::clone(&layer.config);
         let memo = quick_cache::sync::Cache::new(config.remembered);
-        let group = match &config.metrics {
-            Some(name) => Group::builder().metrics(name.clone()).build(),
-            None => Group::new(),
-        };
+        let mut builder = Group::builder();
+        if let Some(name) = &config.metrics {
+            builder = builder.metrics(name.clone());
+        }
+        if let Some(ttl) = config.memo_ttl {
+            // Not kept: whatever a later reader could not be given whole.
+            builder = builder
+                .memo(ttl)
+                .failure_if(|flown: &Flown| !flown.replayable());
+            if let Some(grace) = config.stale {
+                builder = builder
+                    .detach(|flight: Detached| drop(tokio::spawn(flight)))
+                    .stale_while_revalidate(grace);
+            }
+        }
+        let group = builder.build();
         Self {
             inner,
             shared: Arc::new(Shared {
@@ -464,8 +476,9 @@ impl<S> Coalesce<S> {
             let (shared, slot) = (Arc::clone(&self.shared), Arc::clone(&slot));
             move || Work::start(shared, &slot, id, resource)
         });
+        let memo_key = self.shared.config.memo_ttl.is_some().then(|| key.clone());
         let call = self.shared.group.try_call(key, make);
-        ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared))
+        ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), memo_key)
     }
 }
 

@@ -46,15 +46,29 @@ fn since(region: &Region<'_, System>) -> Bytes {
 const VALUE: usize = size_of::<u64>();
 const KEY: usize = size_of::<String>();
 
+/// Keys that warm a group up: enough distinct keys that every shard of a
+/// sharded table has made its first allocation, which is the group's, not
+/// a flight's (tables keep their buckets when flights leave).
+const WARM_KEYS: usize = 1024;
+
+fn warm_sync<G: Blocking>(group: &G) {
+    for i in 0..WARM_KEYS {
+        group.call(format!("warm-{i}"), || 1);
+    }
+}
+
+fn warm_async<C: Coalescer>(group: &C) {
+    for i in 0..WARM_KEYS {
+        let mut f = Box::pin(group.call(format!("warm-{i}"), || async { 1 }));
+        while poll_once(&mut f).is_pending() {}
+    }
+}
+
 /// One flight that nobody joins, on a warmed-up group: bytes per call.
 fn sync_alone<G: Blocking>() -> Bytes {
     let group = G::create();
-    let keys: Vec<String> = (0..1001).map(singleflight_bench::key).collect();
-    let mut keys = keys.into_iter();
-    // Warm up: the table's first allocation is the group's, not a flight's.
-    if let Some(k) = keys.next() {
-        group.call(k, || 1);
-    }
+    let keys: Vec<String> = (0..1000).map(singleflight_bench::key).collect();
+    warm_sync(&group);
     let region = Region::new(GLOBAL);
     for k in keys {
         group.call(k, || 1);
@@ -127,8 +141,7 @@ fn sync_followed_once<G: Blocking>(followers: usize) -> (Bytes, usize) {
     let go = Arc::new(Barrier::new(2));
     let in_work = Arc::new(Barrier::new(followers + 1));
     let done = Arc::new(Barrier::new(followers + 2));
-    // Warm up: the table's first allocation is the group's, not a flight's.
-    group.call("warm".to_string(), || 1);
+    warm_sync(&*group);
     let mut handles = vec![];
     {
         let (group, go, in_work, done, executions) = (
@@ -193,11 +206,7 @@ fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
 /// added by the waiters, bytes of the whole flight cumulative, boxed work size).
 fn async_flight<C: Coalescer>(waiters: usize) -> (Bytes, Bytes, Bytes) {
     let group = C::create();
-    // Warm up with a flight of its own.
-    {
-        let mut f = Box::pin(group.call("warm".to_string(), || async { 1 }));
-        while poll_once(&mut f).is_pending() {}
-    }
+    warm_async(&group);
     let (tx, rx) = tokio::sync::oneshot::channel::<u64>();
     let keys: Vec<String> = (0..=waiters).map(|_| "flight".to_string()).collect();
     let mut keys = keys.into_iter();
@@ -238,8 +247,9 @@ fn async_flight<C: Coalescer>(waiters: usize) -> (Bytes, Bytes, Bytes) {
 fn sync_report<G: Blocking>(out: &mut String, nests: bool, coalesces: bool) {
     eprintln!("sf-memory: {}", G::NAME);
     let alone = sync_alone::<G>();
-    // hashbrown holds 896 entries in 1,024 buckets: 896 flights fill the
-    // table, 1,024 have just doubled it. The share per flight swings between.
+    // hashbrown holds 896 entries in 1,024 buckets: in one table, 896 flights
+    // fill it and 1,024 have just doubled it, the two ends of the share per
+    // flight. A sharded table spreads them, and lands in between.
     let nested = nests.then(|| (sync_nested::<G>(896), sync_nested::<G>(1024)));
     let nested_s = nested.map_or(
         "n/a (work runs under its lock)".to_string(),
@@ -332,13 +342,13 @@ fn async_report<C: Coalescer>(out: &mut String) {
 fn main() {
     let mut out = String::from("## Memory (sf-memory, counting allocator)\n\n");
     out += "### Blocking groups (values are `u64`, keys `String`s built before counting)\n\n";
-    out += "| contender | flight nobody joins (allocated per call) | table share per flight in progress (live; 896 flights: table full / 1,024: just doubled) | flight + 1 follower (allocated) | flight + 64 followers (allocated) | per follower | flight state beyond the value | per flight beyond key and value (table share - key's `String` header + state; full / doubled) |\n";
+    out += "| contender | flight nobody joins (allocated per call) | table share per flight in progress (live; 896 / 1,024 flights) | flight + 1 follower (allocated) | flight + 64 followers (allocated) | per follower | flight state beyond the value | per flight beyond key and value (table share - key's `String` header + state; 896 / 1,024 flights) |\n";
     out += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
     sync_report::<blocking::Ours>(&mut out, true, true);
     sync_report::<Crate03>(&mut out, false, true);
     sync_report::<Floor>(&mut out, true, false);
     out += "\n### Async groups (polled by hand with a no-op waker; the work is a future waiting on a oneshot)\n\n";
-    out += "| contender | live per flight in progress (896 / 1,024 flights, work `pending()`) | per flight beyond key and value (full / doubled table) | leader's first poll (work boxed) | first follower | per further waiting caller | whole flight with 1 follower (allocated) |\n";
+    out += "| contender | live per flight in progress (896 / 1,024 flights, work `pending()`) | per flight beyond key and value (896 / 1,024 flights) | leader's first poll (work boxed) | first follower | per further waiting caller | whole flight with 1 follower (allocated) |\n";
     out += "|---|---:|---:|---:|---:|---:|---:|\n";
     async_report::<asynch::Ours>(&mut out);
     async_report::<AsyncSingleflight>(&mut out);

@@ -127,6 +127,10 @@ pub struct ProxyConfig {
     pub max_body_bytes: u64,
     /// No access log.
     pub quiet: bool,
+    /// How long a response is kept after its flight, if at all.
+    pub memo_ttl: Option<Duration>,
+    /// How long a kept response is served past its TTL while it is refreshed.
+    pub stale: Option<Duration>,
 }
 
 impl ProxyOpts {
@@ -191,10 +195,9 @@ impl ProxyOpts {
         };
         let memo_ttl = duration(self.memo_ttl, &file.memo_ttl, "memo_ttl")?;
         let stale = duration(self.stale, &file.stale, "stale")?;
-        if memo_ttl.is_some() || stale.is_some() {
-            // The layer owns its group; it has no memo setting to pass these to yet.
+        if stale.is_some() && memo_ttl.is_none() {
             return Err(BadInput::new(
-                "--memo-ttl and --stale are not available yet: singleflight-tower's CoalesceLayer has no memo setting; remove them",
+                "--stale serves a kept response past its TTL, so it needs --memo-ttl; add --memo-ttl D",
             )
             .into());
         }
@@ -242,6 +245,8 @@ impl ProxyOpts {
                 .or(file.max_body_bytes)
                 .unwrap_or(8 << 20),
             quiet: self.quiet || file.quiet.unwrap_or(false),
+            memo_ttl,
+            stale,
         })
     }
 }
@@ -266,6 +271,18 @@ fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
         ))
         .into()
     })
+}
+
+/// The coalescing layer as the proxy's settings ask for it.
+fn coalesce_layer(config: &ProxyConfig) -> CoalesceLayer {
+    let mut layer = CoalesceLayer::new().metrics("proxy");
+    if let Some(ttl) = config.memo_ttl {
+        layer = layer.memo(ttl);
+        if let Some(grace) = config.stale {
+            layer = layer.stale_while_revalidate(grace);
+        }
+    }
+    layer
 }
 
 type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -577,7 +594,7 @@ pub async fn start(config: ProxyConfig) -> anyhow::Result<Running> {
     }));
     let proxy = Arc::new(Proxy {
         // Counting on, so /metrics shows the core group's view next to the layer's.
-        coalesce: CoalesceLayer::new().metrics("proxy").layer(forward),
+        coalesce: coalesce_layer(&config).layer(forward),
         requests: registry.counter("proxy_requests_total", "Requests received.", &[]),
         config: config.clone(),
     });

@@ -146,3 +146,11 @@ fn proxy_with_unreachable_upstream() {
         &["--upstream", "start it first"],
     );
 }
+
+#[test]
+fn stale_without_a_memo_ttl() {
+    assert_bad_input(
+        &["proxy", "--upstream", "http://127.0.0.1:9", "--stale", "5s"],
+        &["--stale", "--memo-ttl"],
+    );
+}

@@ -134,6 +134,38 @@ async fn futures_join<F: std::future::Future<Output = u16> + Send + 'static>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memo_ttl_answers_later_requests_from_the_kept_response() {
+    let up = upstream::start(&upstream_opts(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--delay",
+        "10ms",
+    ]))
+    .await
+    .unwrap();
+    let proxy = start(&up, &["--memo-ttl", "60s", "--stale", "10s"]).await;
+    let client = client();
+    let url = format!("{}/report?id=9", proxy.url());
+    for i in 0..3 {
+        let (status, headers, body) = get(&client, &url).await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        let shared = if i == 0 { "false" } else { "true" };
+        assert_eq!(headers.get("x-singleflight-shared").unwrap(), shared);
+    }
+    assert_eq!(
+        upstream_requests(&client, &up.url()).await,
+        1,
+        "one request upstream, two answered from the memo"
+    );
+    // Another path is another key.
+    let (status, _, _) = get(&client, &format!("{}/report?id=10", proxy.url())).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream_requests(&client, &up.url()).await, 2);
+    assert!(proxy.shutdown().await);
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_is_413_and_not_sent() {
     let up = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
         .await

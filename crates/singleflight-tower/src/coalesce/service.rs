@@ -310,8 +310,15 @@ impl<S> Coalesce<S> {
                 .memo(ttl)
                 .failure_if(|flown: &Flown| !flown.replayable());
             if let Some(grace) = config.stale {
+                // Refreshes run on the runtime the service runs on. Outside
+                // one (a future dropped after its runtime), the flight is
+                // dropped, which cancels it.
                 builder = builder
-                    .detach(|flight: Detached| drop(tokio::spawn(flight)))
+                    .detach(|flight: Detached| {
+                        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                            drop(runtime.spawn(flight));
+                        }
+                    })
                     .stale_while_revalidate(grace);
             }
         }

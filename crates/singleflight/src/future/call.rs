@@ -52,8 +52,7 @@ enum Waited<T> {
 impl<T: Clone> Follow<T> {
     fn poll_wait(&mut self, cx: &mut Context<'_>, can_retry: bool) -> Poll<Waited<T>> {
         let mut state = lock(&self.flight.state);
-        if let Some(result) = &state.result {
-            let result = result.clone();
+        if let Some(result) = self.flight.result.get() {
             drop(state);
             return Poll::Ready(Waited::Ended(received(result)));
         }

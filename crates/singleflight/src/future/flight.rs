@@ -11,8 +11,10 @@
 //   returned nor been dropped. It reaching 0 means the flight is abandoned.
 // - `orphan` is `Some` only while no caller owns the work; the first follower
 //   polled afterwards takes it and becomes the driver.
-// - `result` is set once; at that moment `waiters` is emptied and every
-//   waker in it is woken. Nothing reads `waiters` after that.
+// - `result` is set once, outside the lock; `publish` then takes the lock,
+//   empties `waiters` and wakes every waker in it. A follower checks
+//   `result` under the lock before it registers its waker, so it either sees
+//   the result or is among the woken. It clones the value with no lock held.
 // - `retry` (policy `RetryOnce`) is set when the driver's work failed and it
 //   left: like `orphan`, the first follower polled afterwards clears it and
 //   drives a new work of its own on the same slot.
@@ -21,6 +23,7 @@
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::Waker;
 
 use slab::Slab;
@@ -34,6 +37,8 @@ pub(crate) type Work<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 pub(crate) struct Flight<T> {
     pub(crate) state: Mutex<State<T>>,
+    /// What the flight ended with, kept in the flight itself.
+    pub(crate) result: OnceLock<Published<T>>,
 }
 
 pub(crate) struct State<T> {
@@ -42,7 +47,6 @@ pub(crate) struct State<T> {
     pub(crate) waiters: Slab<Waker>,
     pub(crate) orphan: Option<Work<T>>,
     pub(crate) retry: bool,
-    pub(crate) result: Option<Published<T>>,
 }
 
 impl<T> Flight<T> {
@@ -54,8 +58,8 @@ impl<T> Flight<T> {
                 waiters: Slab::new(),
                 orphan: None,
                 retry: false,
-                result: None,
             }),
+            result: OnceLock::new(),
         }
     }
 }
@@ -68,14 +72,15 @@ impl<T> State<T> {
 }
 
 impl<T> Publish<T> for Flight<T> {
-    fn publish(&self, result: Published<T>) {
+    fn publish(&self, result: Published<T>) -> &Published<T> {
+        let stored = self.result.get_or_init(|| result);
         let waiters = {
             let mut state = lock(&self.state);
-            state.result = Some(result);
             mem::take(&mut state.waiters)
         };
         for (_, waker) in waiters {
             waker.wake();
         }
+        stored
     }
 }

@@ -539,7 +539,8 @@ where
     ) {
         let mut table = self.table.lock(hash);
         let mut state = lock(&flight.state);
-        if state.result.is_some() {
+        if flight.result.get().is_some() {
+            // Ended: `publish` took the waiters; nothing to undo.
             return;
         }
         if let Some(waiter) = waiter {

@@ -2,37 +2,40 @@
 // the leader publishes.
 //
 // Invariants:
-// - `state` goes from `Running` to `Done` exactly once, under its lock, and is
-//   followed by `notify_all`; a follower checks it under the same lock before
-//   each wait, so no wake-up is lost.
+// - `result` is set exactly once, by `publish`, which then takes `state`'s
+//   lock and calls `notify_all`; a follower that waits on the condvar checks
+//   `result` under that lock before each wait, so no wake-up is lost.
+//   Followers on the plain path instead block on the `OnceLock` itself,
+//   which wakes them all at once without their re-taking a lock.
 // - With `ErrorPolicy::RetryOnce` it may first go `Running` -> `Retry` (the
 //   leader's work failed and it left) -> `Running` (one follower claimed the
-//   retry, under the lock, so exactly one does) -> `Done`.
-// - The value is published in an `Arc` so followers clone `T` after the lock
-//   is released: user `Clone` code never runs under a lock, and a panicking
-//   `Clone` hurts only the caller it ran for.
+//   retry, under the lock, so exactly one does), then `result` is set.
+// - The value lives in the flight (one allocation for both) and followers
+//   clone it with no lock held: user `Clone` code never runs under a lock,
+//   and a panicking `Clone` hurts only the caller it ran for.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use crate::loom::sync::{Condvar, Mutex};
 use crate::loom::{lock, wait, wait_timeout};
 use crate::settle::{Publish, Published};
 
-enum State<T> {
+enum State {
     Running,
     /// The work failed; the first follower to see this runs the retry.
     Retry,
-    Done(Published<T>),
 }
 
 pub(crate) struct Flight<T> {
-    state: Mutex<State<T>>,
+    state: Mutex<State>,
     ready: Condvar,
+    result: OnceLock<Published<T>>,
 }
 
 /// How a wait with a deadline ended.
-pub(crate) enum Waited<T> {
-    Ended(Published<T>),
+pub(crate) enum Waited<'a, T> {
+    Ended(&'a Published<T>),
     /// This caller claimed the retry and must now run its own work.
     Claimed,
     TimedOut,
@@ -43,15 +46,24 @@ impl<T> Flight<T> {
         Self {
             state: Mutex::new(State::Running),
             ready: Condvar::new(),
+            result: OnceLock::new(),
         }
     }
 
     /// Sleeps until the flight has ended (plain path: no retry, no deadline).
-    pub(crate) fn wait(&self) -> Published<T> {
+    #[cfg(not(singleflight_loom))]
+    pub(crate) fn wait(&self) -> &Published<T> {
+        self.result.wait()
+    }
+
+    /// Sleeps until the flight has ended, on loom's primitives: loom cannot
+    /// schedule around a thread blocked in std's `OnceLock::wait`.
+    #[cfg(singleflight_loom)]
+    pub(crate) fn wait(&self) -> &Published<T> {
         let mut guard = lock(&self.state);
         loop {
-            if let State::Done(result) = &*guard {
-                return result.clone();
+            if let Some(result) = self.result.get() {
+                return result;
             }
             guard = wait(&self.ready, guard);
         }
@@ -59,16 +71,15 @@ impl<T> Flight<T> {
 
     /// Sleeps until the flight has ended, a retry is up for claiming, or
     /// `deadline` has passed.
-    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> Waited<T> {
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> Waited<'_, T> {
         let mut guard = lock(&self.state);
         loop {
-            match &*guard {
-                State::Done(result) => return Waited::Ended(result.clone()),
-                State::Retry => {
-                    *guard = State::Running;
-                    return Waited::Claimed;
-                }
-                State::Running => {}
+            if let Some(result) = self.result.get() {
+                return Waited::Ended(result);
+            }
+            if let State::Retry = *guard {
+                *guard = State::Running;
+                return Waited::Claimed;
             }
             guard = match deadline {
                 None => wait(&self.ready, guard),
@@ -96,8 +107,12 @@ impl<T> Flight<T> {
 }
 
 impl<T> Publish<T> for Flight<T> {
-    fn publish(&self, result: Published<T>) {
-        *lock(&self.state) = State::Done(result);
+    fn publish(&self, result: Published<T>) -> &Published<T> {
+        let stored = self.result.get_or_init(|| result);
+        // Under the lock, so a condvar waiter is either before its check of
+        // `result` (and sees it) or already waiting (and is woken).
+        let _state = lock(&self.state);
         self.ready.notify_all();
+        stored
     }
 }

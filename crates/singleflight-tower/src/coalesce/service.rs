@@ -442,12 +442,15 @@ where
 
     #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // Take the service that was driven to readiness; leave a clone.
-        let clone = self.inner.clone();
-        let mut inner = mem::replace(&mut self.inner, clone);
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return ResponseFuture::passthrough(inner.call(request));
+            // Never coalesced: the ready service sends it as it is, and the
+            // next call drives it to readiness again. No clone needed.
+            return ResponseFuture::passthrough(self.inner.call(request));
         }
+        // A flight may outlive this call: take the service that was driven
+        // to readiness, and leave a clone.
+        let clone = self.inner.clone();
+        let inner = mem::replace(&mut self.inner, clone);
         self.candidate(inner, request)
     }
 }

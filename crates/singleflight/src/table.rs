@@ -184,9 +184,7 @@ impl<K, F> Table<K, F> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.slots
-            .find(hash, |slot| !slot.forgotten && slot.key.borrow() == key)
-            .is_some()
+        self.live(hash, key).is_some()
     }
 
     /// Number of flights in progress, forgotten ones included.

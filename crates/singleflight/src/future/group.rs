@@ -20,9 +20,9 @@ use super::call::{Call, Lead, TryCall};
 use super::flight::{Flight, Work};
 use super::spawn::{Detached, Spawn};
 use crate::loom::lock;
-use crate::loom::sync::Arc;
+use crate::loom::sync::{Arc, MutexGuard};
 use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Policies, Settings};
-use crate::table::Shards;
+use crate::table::{Shards, Table};
 use crate::{Error, Outcome, Panicked};
 
 /// Coalesces concurrent async calls for the same key: the work runs once and
@@ -490,42 +490,60 @@ where
         let Some(slot) = table.get_mut(hash, id) else {
             return;
         };
-        let mut heir = None;
-        let mut work = Some(work);
-        if let Some(flight) = &slot.flight {
-            let mut state = lock(&flight.state);
-            if state.callers > 1 {
-                state.callers -= 1;
-                state.orphan = work.take();
-                heir = state.heir();
-            } else {
-                // Only we were left: it stays counted if we detach it below.
-                state.callers = 1;
-            }
+        let Some(flight) = slot.flight.clone() else {
+            // Nobody ever joined: we were its only caller.
+            return self.detach_or_cancel(table, None, Lead { work, hash, id }, may_detach);
+        };
+        let mut state = lock(&flight.state);
+        if state.callers == 1 {
+            drop(state);
+            return self.detach_or_cancel(
+                table,
+                Some(&flight),
+                Lead { work, hash, id },
+                may_detach,
+            );
         }
-        let mut removed = None;
-        if let Some(work) = work {
-            match &self.spawner {
-                Some(spawner) if may_detach => {
-                    drop(table);
-                    let lead = Lead { work, hash, id };
-                    spawner.spawn(Detached::new(DetachedLead::new(StdArc::clone(self), lead)));
-                    return;
-                }
-                _ => {
-                    if let Some(flight) = &slot.flight {
-                        lock(&flight.state).callers = 0;
-                    }
-                    removed = Some((table.remove(hash, id), work));
-                    self.count(Event::Cancellation);
-                    self.gauge(Gauge::Flights, -1);
-                }
-            }
-        }
+        state.callers -= 1;
+        state.orphan = Some(work);
+        let heir = state.heir();
+        drop(state);
         drop(table);
-        drop(removed);
         if let Some(heir) = heir {
             heir.wake();
+        }
+    }
+
+    /// Flight `lead` has lost its last caller while its work was unfinished:
+    /// hand the work to the spawner, where the flight stays in the table with
+    /// the detached driver as its one caller, or cancel it: its slot leaves
+    /// the table at once and the work is dropped once the lock is released.
+    ///
+    /// `may_detach` is false for a detached driver, which is only dropped when
+    /// its executor shuts down: handing it back would loop.
+    fn detach_or_cancel(
+        self: &StdArc<Self>,
+        mut table: MutexGuard<'_, Table<K, Arc<Flight<T>>>>,
+        flight: Option<&Arc<Flight<T>>>,
+        lead: Lead<T>,
+        may_detach: bool,
+    ) {
+        match &self.spawner {
+            Some(spawner) if may_detach => {
+                if let Some(flight) = flight {
+                    lock(&flight.state).callers = 1;
+                }
+                drop(table);
+                spawner.spawn(Detached::new(DetachedLead::new(StdArc::clone(self), lead)));
+            }
+            _ => {
+                let removed = table.remove(lead.hash, lead.id);
+                drop(table);
+                self.count(Event::Cancellation);
+                self.gauge(Gauge::Flights, -1);
+                drop(removed);
+                drop(lead);
+            }
         }
     }
 
@@ -575,21 +593,8 @@ where
             }
             return;
         };
-        if let Some(spawner) = &self.spawner {
-            state.callers = 1;
-            drop(state);
-            drop(table);
-            let lead = Lead { work, hash, id };
-            spawner.spawn(Detached::new(DetachedLead::new(StdArc::clone(self), lead)));
-            return;
-        }
         drop(state);
-        let removed = table.remove(hash, id);
-        drop(table);
-        self.count(Event::Cancellation);
-        self.gauge(Gauge::Flights, -1);
-        drop(removed);
-        drop(work);
+        self.detach_or_cancel(table, Some(flight), Lead { work, hash, id }, true);
     }
 }
 

@@ -53,14 +53,8 @@ impl Flown {
         let Flown::Shared(response) = self else {
             return false;
         };
-        let no_cache = response
-            .head
-            .headers
-            .get_all(CACHE_CONTROL)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"));
+        let no_cache = cache_directives(&response.head.headers)
+            .any(|directive| directive.eq_ignore_ascii_case("no-cache"));
         !response.head.status.is_server_error() && !no_cache && response.body.replayable()
     }
 }
@@ -156,14 +150,21 @@ pub(crate) fn mark(headers: &mut HeaderMap, config: &Config, shared: bool) {
     }
 }
 
+/// A response's `Cache-Control` directives, each trimmed, as written
+/// (`max-age=60`, `private`).
+fn cache_directives(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+}
+
 /// Whether a response is for its own requester only.
 fn is_private(headers: &HeaderMap) -> bool {
     headers.contains_key(SET_COOKIE)
-        || headers
-            .get_all(CACHE_CONTROL)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
+        || cache_directives(headers)
             .map(|directive| directive.split('=').next().unwrap_or("").trim())
             .any(|directive| {
                 directive.eq_ignore_ascii_case("private")

@@ -18,6 +18,7 @@
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
+use std::sync::OnceLock;
 
 use hashbrown::HashTable;
 
@@ -38,15 +39,19 @@ struct Shard<K, F>(Mutex<Table<K, F>>);
 impl<K, F> Shards<K, F> {
     pub(crate) fn new() -> Self {
         // A few shards per core keeps contention rare without making an idle
-        // group large (128 bytes a shard).
+        // group large (128 bytes a shard). The core count is read once per
+        // process: on Linux it reads cgroup files.
+        static COUNT: OnceLock<usize> = OnceLock::new();
         let count = if cfg!(singleflight_loom) {
             2
         } else {
-            std::thread::available_parallelism()
-                .map_or(1, std::num::NonZero::get)
-                .saturating_mul(4)
-                .clamp(4, 64)
-                .next_power_of_two()
+            *COUNT.get_or_init(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, std::num::NonZero::get)
+                    .saturating_mul(4)
+                    .clamp(4, 64)
+                    .next_power_of_two()
+            })
         };
         Self {
             shards: (0..count)

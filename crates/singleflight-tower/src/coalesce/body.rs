@@ -401,14 +401,13 @@ impl<B: Body<Data = Bytes>> Body for CoalescedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match self.project().kind.project() {
-            KindProj::Inner { body, map_err } => body
-                .poll_frame(cx)
-                .map(|frame| frame.map(|frame| frame.map_err(*map_err))),
-            KindProj::Boxed { body } => Pin::new(body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|frame| frame.map_err(Error::upstream))),
-            KindProj::Shared { reader } => reader.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            KindProj::Inner { body, map_err } => match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(map_err(error)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            other => poll_coalesced(other, cx),
         }
     }
 
@@ -432,6 +431,26 @@ impl<B: Body<Data = Bytes>> Body for CoalescedBody<B> {
                 SizeHint::with_exact(data.as_ref().map_or(0, |data| data.len() as u64))
             }
         }
+    }
+}
+
+/// Polls the bodies the layer makes (the inner service's own is polled in
+/// line, in `poll_frame`); out of line, so that what is inlined where bodies
+/// are read stays small.
+#[inline(never)]
+fn poll_coalesced<B: Body<Data = Bytes>>(
+    kind: KindProj<'_, B>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    match kind {
+        KindProj::Inner { body, map_err } => body
+            .poll_frame(cx)
+            .map(|frame| frame.map(|frame| frame.map_err(*map_err))),
+        KindProj::Boxed { body } => Pin::new(body)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|frame| frame.map_err(Error::upstream))),
+        KindProj::Shared { reader } => reader.poll_frame(cx),
+        KindProj::Full { data } => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
     }
 }
 

@@ -58,7 +58,27 @@ pin_project! {
         S: Service<Request<ReqBody>>,
     {
         #[pin]
-        state: State<S, ReqBody>,
+        kind: Kind<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    // Two arms only: a request that is not coalesced costs one branch and
+    // a tag beside the inner service's future; everything a coalesced one
+    // needs (including the future of a request it sends after all) is
+    // behind one allocation.
+    #[project = KindProj]
+    enum Kind<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Passthrough {
+            #[pin]
+            future: S::Future,
+        },
+        Coalesced {
+            state: Pin<Box<State<S, ReqBody>>>,
+        },
     }
 }
 
@@ -68,20 +88,14 @@ pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        // Not a candidate: the inner service's future, as is.
-        Passthrough {
-            #[pin]
-            future: S::Future,
-        },
-        // Leading or waiting for a flight; boxed, so that the future of a
-        // request that is not coalesced stays small.
+        // Leading or waiting for a flight.
         Waiting {
-            waiting: Box<Waiting<S, ReqBody>>,
+            waiting: Waiting<S, ReqBody>,
         },
         // About to send our own request after all (see `Refetching`): the
         // service, released while waiting, is made ready again first.
         Readying {
-            readying: Option<Box<(S, Request<ReqBody>)>>,
+            readying: Option<(S, Request<ReqBody>)>,
             shared: Arc<Shared>,
         },
         // Sending our own request after all: the flight's response was
@@ -99,9 +113,10 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
+    #[inline]
     pub(crate) fn passthrough(future: S::Future) -> Self {
         Self {
-            state: State::Passthrough { future },
+            kind: Kind::Passthrough { future },
         }
     }
 
@@ -113,14 +128,16 @@ where
         memo_key: Option<String>,
     ) -> Self {
         Self {
-            state: State::Waiting {
-                waiting: Box::new(Waiting {
-                    memo_key,
-                    call,
-                    slot,
-                    id,
-                    shared,
-                    released: false,
+            kind: Kind::Coalesced {
+                state: Box::pin(State::Waiting {
+                    waiting: Waiting {
+                        call,
+                        slot,
+                        id,
+                        shared,
+                        released: false,
+                        memo_key,
+                    },
                 }),
             },
         }
@@ -226,12 +243,14 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        if let StateProj::Passthrough { future } = state.as_mut().project() {
-            let response = ready!(future.poll(cx))?;
-            return Poll::Ready(Ok(response.map(CoalescedBody::inner)));
+        match self.project().kind.project() {
+            KindProj::Passthrough { future } => match future.poll(cx) {
+                Poll::Ready(Ok(response)) => Poll::Ready(Ok(response.map(CoalescedBody::inner))),
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            },
+            KindProj::Coalesced { state } => poll_coalesced(state.as_mut(), cx),
         }
-        poll_coalesced(state, cx)
     }
 }
 
@@ -252,10 +271,6 @@ where
 {
     loop {
         let refetch = match state.as_mut().project() {
-            StateProj::Passthrough { future } => {
-                let response = ready!(future.poll(cx))?;
-                return Poll::Ready(Ok(response.map(CoalescedBody::inner)));
-            }
             StateProj::Waiting { waiting } => {
                 let Waiting {
                     call,
@@ -264,7 +279,7 @@ where
                     shared,
                     released,
                     memo_key,
-                } = &mut **waiting;
+                } = waiting;
                 let Poll::Ready(result) = Pin::new(call).poll(cx) else {
                     if !*released {
                         *released = true;
@@ -303,7 +318,7 @@ where
                         };
                         Counters::add(&shared.counters.refetched);
                         State::Readying {
-                            readying: Some(Box::new(pair)),
+                            readying: Some(pair),
                             shared: Arc::clone(shared),
                         }
                     }
@@ -317,7 +332,7 @@ where
                 let pair = readying.take();
                 match (ready, pair) {
                     (Ok(()), Some(pair)) => {
-                        let (mut service, request) = *pair;
+                        let (mut service, request) = pair;
                         State::Refetching {
                             future: service.call(request),
                             shared: Arc::clone(shared),
@@ -357,12 +372,14 @@ where
     S: Service<Request<ReqBody>>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Passthrough { .. } => "Passthrough",
-            State::Waiting { .. } => "Waiting",
-            State::Readying { .. } => "Readying",
-            State::Refetching { .. } => "Refetching",
-            State::Done => "Done",
+        let state = match &self.kind {
+            Kind::Passthrough { .. } => "Passthrough",
+            Kind::Coalesced { state } => match &**state {
+                State::Waiting { .. } => "Waiting",
+                State::Readying { .. } => "Readying",
+                State::Refetching { .. } => "Refetching",
+                State::Done => "Done",
+            },
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

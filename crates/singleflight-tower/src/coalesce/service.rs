@@ -442,16 +442,13 @@ where
 
     #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Never coalesced: the ready service sends it as it is, and the
+        // next call drives it to readiness again. Decided from the method
+        // alone, before anything else is looked at.
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            // Never coalesced: the ready service sends it as it is, and the
-            // next call drives it to readiness again. No clone needed.
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        // A flight may outlive this call: take the service that was driven
-        // to readiness, and leave a clone.
-        let clone = self.inner.clone();
-        let inner = mem::replace(&mut self.inner, clone);
-        self.candidate(inner, request)
+        self.candidate(request)
     }
 }
 
@@ -460,8 +457,7 @@ impl<S> Coalesce<S> {
     /// through. Out of line, so that `call` stays small for the others.
     #[inline(never)]
     fn candidate<ReqBody, ResBody>(
-        &self,
-        mut inner: S,
+        &mut self,
         request: Request<ReqBody>,
     ) -> ResponseFuture<S, ReqBody>
     where
@@ -476,9 +472,13 @@ impl<S> Coalesce<S> {
         let body_is_empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
         let Some((key, resource)) = self.shared.key(&head, body_is_empty) else {
             Counters::add(&self.shared.counters.bypassed);
-            return ResponseFuture::passthrough(inner.call(Request::from_parts(head, body)));
+            return ResponseFuture::passthrough(self.inner.call(Request::from_parts(head, body)));
         };
         Counters::add(&self.shared.counters.coalesced);
+        // A flight may outlive this call: take the service that was driven
+        // to readiness, and leave a clone.
+        let clone = self.inner.clone();
+        let inner = mem::replace(&mut self.inner, clone);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let slot: Arc<Slot<S, ReqBody>> =
             Arc::new(Mutex::new(Some((inner, Request::from_parts(head, body)))));

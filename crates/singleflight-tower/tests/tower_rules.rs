@@ -262,6 +262,44 @@ async fn requests_opt_out_by_header_or_predicate() {
 }
 
 #[tokio::test]
+async fn the_bypass_header_is_not_sent_upstream() {
+    let bypass = HeaderName::from_static("x-no-coalesce");
+    let layer = CoalesceLayer::new().bypass_header(Some(bypass.clone()));
+    let (mut service, mut upstreams) = layered(layer);
+    let opted_out = |method: Method, credential: bool| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri("/a")
+            .header(&bypass, "1")
+            .header(&bypass, "2")
+            .header(ACCEPT_LANGUAGE, "en");
+        if credential {
+            request = request.header(AUTHORIZATION, "secret");
+        }
+        request.body(Full::default()).expect("a valid request")
+    };
+    // Opted out by the header alone, and by a credential as well: either way
+    // the header is the layer's, and stops here (every value of it).
+    for request in [
+        opted_out(Method::GET, false),
+        opted_out(Method::HEAD, false),
+        opted_out(Method::GET, true),
+    ] {
+        let pending = start(&mut service, request).await;
+        let sent = answer(&mut upstreams, text("own")).await;
+        assert!(!sent.headers().contains_key(&bypass), "{sent:?}");
+        assert_eq!(sent.headers()[ACCEPT_LANGUAGE], "en");
+        finish(pending).await;
+    }
+    // Other methods are passed on untouched, without a look at their headers.
+    let pending = start(&mut service, opted_out(Method::POST, false)).await;
+    let sent = answer(&mut upstreams, text("created")).await;
+    assert_eq!(sent.headers().get_all(&bypass).iter().count(), 2);
+    finish(pending).await;
+    assert_eq!(service.stats().bypassed, 3);
+}
+
+#[tokio::test]
 async fn head_requests_are_coalesced_apart_from_gets() {
     let (mut service, mut upstreams) = layered(CoalesceLayer::new());
     let head_a = start(&mut service, request(Method::HEAD, "/h")).await;

@@ -16,7 +16,9 @@ pub(crate) type BypassFn = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
 /// Makes the key of a request from its head; `None` sends it straight through.
 pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
-/// The default name of the header that opts a request out.
+/// The default name of the header that opts a request out; the layer
+/// removes it before the request goes on (see
+/// [`CoalesceLayer::bypass_header`]).
 ///
 /// # Examples
 ///
@@ -174,6 +176,14 @@ impl CoalesceLayer {
 
     /// Sets the request header whose presence sends a request straight
     /// through (by default [`DEFAULT_BYPASS_HEADER`]); `None` turns it off.
+    ///
+    /// The header is the layer's own: a `GET` or `HEAD` request that carries
+    /// it goes to the inner service without it. Requests of other methods
+    /// are never coalesced and are passed on untouched, this header
+    /// included: the layer does not look at their headers. Name a header
+    /// that means nothing to the inner service; to send requests that carry
+    /// some standard header straight through, use
+    /// [`bypass_if`](Self::bypass_if), which removes nothing.
     ///
     /// # Examples
     ///

@@ -208,8 +208,8 @@ fn push_resource(key: &mut String, head: &Parts) {
 /// `Authorization`, `Proxy-Authorization` or `Cookie` unless that header is
 /// part of the key
 /// ([`CoalesceLayer::key_header`]). A request opts out with the bypass
-/// header ([`CoalesceLayer::bypass_header`]) or a predicate
-/// ([`CoalesceLayer::bypass_if`]).
+/// header ([`CoalesceLayer::bypass_header`], removed before the request goes
+/// on) or a predicate ([`CoalesceLayer::bypass_if`]).
 ///
 /// Requests are identical when their keys are: method, scheme, authority
 /// (or `Host`), path and query, and the values of the key headers
@@ -468,10 +468,14 @@ impl<S> Coalesce<S> {
         ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
-        let (head, body) = request.into_parts();
+        let (mut head, body) = request.into_parts();
         let body_is_empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
         let Some((key, resource)) = self.shared.key(&head, body_is_empty) else {
             Counters::add(&self.shared.counters.bypassed);
+            // The opt-out header is the layer's, not the upstream's.
+            if let Some(name) = &self.shared.config.bypass_header {
+                head.headers.remove(name);
+            }
             return ResponseFuture::passthrough(self.inner.call(Request::from_parts(head, body)));
         };
         Counters::add(&self.shared.counters.coalesced);

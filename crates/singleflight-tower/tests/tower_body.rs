@@ -339,3 +339,40 @@ async fn a_reader_more_than_the_buffer_cap_behind_fails_and_the_others_do_not() 
     }
     assert!(late.frame().await.is_none());
 }
+
+#[tokio::test]
+async fn a_reader_that_starts_more_than_the_buffer_cap_behind_fails_at_once() {
+    // The second waiter's response future is first polled to its end only
+    // after the first waiter has read past the cap: its body starts at the
+    // first byte, which the flight no longer keeps.
+    let (mut service, mut upstreams) = layered(CoalesceLayer::new().max_buffer(8));
+    let first = start(&mut service).await;
+    let second = start(&mut service).await;
+    let (mut sender, body) = Channel::new(4);
+    let (_, reply) = upstreams.next_request().await.expect("an upstream request");
+    reply.send_response(Response::new(body));
+    let mut eager = first.await.expect("a response").into_body();
+    for chunk in [&b"abcd"[..], b"efgh", b"ijkl"] {
+        sender
+            .send_data(Bytes::from_static(chunk))
+            .await
+            .expect("sent");
+        assert_eq!(next_data(&mut eager).await, chunk);
+    }
+    let late = second.await.expect("a response");
+    assert_eq!(late.status(), http::StatusCode::OK, "the head is whole");
+    let mut late = late.into_body();
+    match late.frame().await {
+        Some(Err(Error::FellBehind { max_buffer })) => assert_eq!(max_buffer, 8),
+        other => panic!("expected FellBehind, got {other:?}"),
+    }
+    assert!(late.frame().await.is_none());
+    // The first waiter is not held up by it.
+    sender
+        .send_data(Bytes::from_static(b"mnop"))
+        .await
+        .expect("sent");
+    drop(sender);
+    assert_eq!(rest(eager).await.expect("the rest"), "mnop");
+    assert!(upstreams.next_request().now_or_never_is_none());
+}

@@ -266,7 +266,10 @@ impl CoalesceLayer {
     /// slow. Past it, the oldest chunks are dropped (the newest chunk is
     /// always kept) and a waiter that still needed one fails with
     /// [`Error::FellBehind`](super::Error::FellBehind): its client sees an
-    /// aborted response, never a truncated one that looks whole. The
+    /// aborted response, never a truncated one that looks whole. That
+    /// includes a waiter that starts reading only after the flight's body
+    /// moved on by more than `bytes` (its response future was polled late):
+    /// its head is whole, and its body fails at the first frame. The
     /// others, and the upstream, are not slowed down by it.
     ///
     /// # Examples

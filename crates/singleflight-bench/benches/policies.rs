@@ -3,7 +3,7 @@
 //! and how long do callers wait?
 //!
 //! - `singleflight` plain: Go's semantics, coalescing only overlapping calls;
-//! - `singleflight` with `.memo(50 ms)`;
+//! - `singleflight` with `.memo_all(50 ms)`;
 //! - moka's `get_with` with `time_to_live(50 ms)`;
 //! - Go's `golang.org/x/sync/singleflight` (`go/burst`, built here in GOPATH
 //!   mode from Debian's package; skipped if `go` is missing).
@@ -83,7 +83,7 @@ async fn plain() -> Run {
 
 async fn memo() -> Run {
     let group = singleflight::future::Group::<&'static str, u64>::builder()
-        .memo(TTL)
+        .memo_all(TTL)
         .build();
     burst(move |executions| {
         let group = group.clone();
@@ -185,7 +185,7 @@ fn main() {
         .expect("a tokio runtime");
     let mut results: Vec<(&str, Vec<Run>)> = vec![
         ("singleflight future::Group, plain", vec![]),
-        ("singleflight future::Group, .memo(50 ms)", vec![]),
+        ("singleflight future::Group, .memo_all(50 ms)", vec![]),
         ("moka future::Cache::get_with, ttl 50 ms", vec![]),
     ];
     let go = go_burst();

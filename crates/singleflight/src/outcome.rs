@@ -32,7 +32,7 @@ pub struct Outcome<T> {
 /// use std::time::Duration;
 /// use singleflight::{sync::Group, Source};
 ///
-/// let group = Group::<&str, u32>::builder().memo(Duration::from_secs(60)).build();
+/// let group = Group::<&str, u32>::builder().memo_all(Duration::from_secs(60)).build();
 /// assert_eq!(group.call("k", || 1).source, Source::Flight);
 /// assert_eq!(group.call("k", || 2).source, Source::Memo); // the work did not run
 /// ```

@@ -52,7 +52,7 @@ fn stats<K, T, S>(group: &Group<K, T, S>) -> Stats {
 #[tokio::test(start_paused = true)]
 async fn memo_hit_before_the_ttl_and_miss_after() {
     let group = Group::<&str, u32>::builder()
-        .memo(TTL)
+        .memo_all(TTL)
         .clock(TokioClock)
         .build();
     let first = group.call("k", || async { 1 }).await;
@@ -73,7 +73,6 @@ async fn failures_are_kept_for_the_negative_ttl_only() {
     let group = Group::<&str, Result<u32, String>>::builder()
         .memo(TTL)
         .clock(TokioClock)
-        .failure_if(Result::is_err)
         .negative_ttl(negative)
         .build();
     assert!(
@@ -167,7 +166,7 @@ async fn a_failed_refresh_keeps_the_stale_value_until_grace_ends() {
 #[tokio::test(start_paused = true)]
 async fn a_flight_started_before_invalidate_does_not_write_the_memo() {
     let group = Group::<&str, u32>::builder()
-        .memo(TTL)
+        .memo_all(TTL)
         .clock(TokioClock)
         .build();
     let gate = Gate::new();
@@ -379,7 +378,7 @@ async fn every_counter_after_a_scripted_scenario() {
     // down does the same to them).
     let detached = Arc::new(std::sync::Mutex::new(Vec::new()));
     let group = Group::<&str, u32>::builder()
-        .memo(TTL)
+        .memo_all(TTL)
         .clock(TokioClock)
         .stale_while_revalidate(GRACE)
         .detach({

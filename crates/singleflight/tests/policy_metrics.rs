@@ -13,7 +13,7 @@ fn counters_and_gauges_reach_the_facade_with_the_group_label() {
     // Handles are registered when the group is built: build it under the recorder.
     let group = metrics::with_local_recorder(&recorder, || {
         Group::<&str, u32>::builder()
-            .memo(std::time::Duration::from_secs(60))
+            .memo_all(std::time::Duration::from_secs(60))
             .metrics("profiles")
             .build()
     });

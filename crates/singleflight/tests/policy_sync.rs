@@ -62,7 +62,7 @@ fn stats<K, T, S>(group: &Group<K, T, S>) -> Stats {
 fn memo_hit_before_the_ttl_and_miss_after() {
     let clock = ManualClock::new();
     let group = Group::<String, u32>::builder()
-        .memo(TTL)
+        .memo_all(TTL)
         .clock(clock.clone())
         .build();
     let runs = AtomicUsize::new(0);
@@ -94,9 +94,9 @@ fn memo_hit_before_the_ttl_and_miss_after() {
 fn failures_are_kept_for_the_negative_ttl_only() {
     let clock = ManualClock::new();
     let negative = Duration::from_secs(1);
+    // `Err` is a failure without a classifier: `Result` is `Fallible`.
     let group = Group::<&str, Result<u32, String>>::builder()
         .memo(TTL)
-        .failure_if(Result::is_err)
         .negative_ttl(negative)
         .clock(clock.clone())
         .build();
@@ -120,7 +120,6 @@ fn failures_are_kept_for_the_negative_ttl_only() {
 fn without_a_negative_ttl_failures_are_not_memoised() {
     let group = Group::<&str, Result<u32, String>>::builder()
         .memo(TTL)
-        .failure_if(Result::is_err)
         .clock(ManualClock::new())
         .build();
     assert!(group.call("k", || Err("down".into())).value.is_err());
@@ -129,10 +128,58 @@ fn without_a_negative_ttl_failures_are_not_memoised() {
 }
 
 #[test]
+fn the_default_clock_expires_values() {
+    // The ticking clock, on real time: this waits for the expiry it checks,
+    // bounded by HANG, and times nothing.
+    let group = Group::<&str, u32>::builder()
+        .memo_all(Duration::from_millis(5))
+        .build();
+    assert_eq!(group.call("k", || 1).source, Source::Flight);
+    let start = Instant::now();
+    let mut n = 1;
+    loop {
+        n += 1;
+        let out = group.call("k", || n);
+        if out.source == Source::Flight {
+            assert_eq!(out.value, n);
+            break;
+        }
+        assert_eq!(out.value, 1, "a memo hit serves the memoised value");
+        assert!(start.elapsed() < HANG, "the memoised value never expired");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn memo_all_keeps_every_value_and_failure_if_overrides_fallible() {
+    let all = Group::<&str, Result<u32, String>>::builder()
+        .memo_all(TTL)
+        .clock(ManualClock::new())
+        .build();
+    all.call("k", || Err("down".into()));
+    let kept = all.call("k", || Ok(1));
+    assert_eq!(
+        (kept.value, kept.source),
+        (Err("down".into()), Source::Memo)
+    );
+
+    // Here a zero is the failure and an `Err` a value like any other.
+    let custom = Group::<&str, Result<u32, String>>::builder()
+        .failure_if(|r| matches!(r, Ok(0)))
+        .memo(TTL)
+        .clock(ManualClock::new())
+        .build();
+    custom.call("zero", || Ok(0));
+    assert_eq!(custom.call("zero", || Ok(1)).source, Source::Flight);
+    custom.call("err", || Err("kept".into()));
+    assert_eq!(custom.call("err", || Ok(1)).source, Source::Memo);
+}
+
+#[test]
 fn a_flight_started_before_invalidate_does_not_write_the_memo() {
     let group = Arc::new(
         Group::<&str, u32>::builder()
-            .memo(TTL)
+            .memo_all(TTL)
             .clock(ManualClock::new())
             .metrics("invalidate")
             .build(),
@@ -403,7 +450,7 @@ fn every_counter_after_a_scripted_scenario() {
     let clock = ManualClock::new();
     let group = Arc::new(
         Group::<&str, u32>::builder()
-            .memo(TTL)
+            .memo_all(TTL)
             .clock(clock.clone())
             .metrics("scripted")
             .build(),
@@ -463,7 +510,7 @@ fn a_panicking_clone_for_the_memo_still_ends_the_flight() {
             panic!("clone failed")
         }
     }
-    let group = Group::<&str, Fragile>::builder().memo(TTL).build();
+    let group = Group::<&str, Fragile>::builder().memo_all(TTL).build();
     // The leader's own value is not cloned; the memo's copy panics and is skipped.
     assert_eq!(group.call("k", || Fragile(1)).value, Fragile(1));
     assert!(group.is_empty());
@@ -474,7 +521,7 @@ fn a_panicking_clone_for_the_memo_still_ends_the_flight() {
 fn a_forgotten_flight_does_not_write_the_memo_either() {
     let group = Arc::new(
         Group::<&str, u32>::builder()
-            .memo(TTL)
+            .memo_all(TTL)
             .clock(ManualClock::new())
             .build(),
     );

@@ -97,7 +97,7 @@ enum Step<K, T, F> {
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct TryCall<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -108,7 +108,7 @@ where
 // Nothing of a `TryCall` is ever pinned in place: the work is boxed.
 impl<K, T, S, F> Unpin for TryCall<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -116,7 +116,7 @@ where
 
 impl<K, T, S, F, Fut> TryCall<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -132,7 +132,7 @@ where
 
 impl<K, T, S, F, Fut> TryCall<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -245,7 +245,7 @@ fn poll_caught<T>(work: &mut Work<T>, cx: &mut Context<'_>) -> Poll<std::thread:
 
 impl<K, T, S, F, Fut> Future for TryCall<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -267,7 +267,7 @@ where
 
 impl<K, T, S, F> Drop for TryCall<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -286,7 +286,7 @@ where
 
 impl<K, T, S, F> fmt::Debug for TryCall<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -307,7 +307,7 @@ where
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Call<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -316,7 +316,7 @@ where
 
 impl<K, T, S, F> Call<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -327,7 +327,7 @@ where
 
 impl<K, T, S, F, Fut> Future for Call<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -345,7 +345,7 @@ where
 
 impl<K, T, S, F> fmt::Debug for Call<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {

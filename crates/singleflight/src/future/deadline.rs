@@ -16,7 +16,7 @@ use crate::{Error, Outcome};
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Checked<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -25,7 +25,7 @@ where
 
 impl<K, T, S, F> Checked<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -36,7 +36,7 @@ where
 
 impl<K, T, S, F, Fut> Future for Checked<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -51,7 +51,7 @@ where
 
 impl<K, T, S, F> fmt::Debug for Checked<K, T, S, F>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -70,6 +70,7 @@ pin_project_lite::pin_project! {
         K: Hash,
         K: Eq,
         K: Send,
+        K: Sync,
         K: 'static,
         T: Clone,
         T: Send,
@@ -88,7 +89,7 @@ pin_project_lite::pin_project! {
 
 impl<K, T, S, F, D> Until<K, T, S, F, D>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -102,7 +103,7 @@ where
 
 impl<K, T, S, F, Fut, D> Future for Until<K, T, S, F, D>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -133,7 +134,7 @@ where
 
 impl<K, T, S, F, D> fmt::Debug for Until<K, T, S, F, D>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {

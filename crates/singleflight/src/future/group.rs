@@ -155,7 +155,7 @@ impl<K, T, S> Group<K, T, S> {
 
 impl<K, T, S> Group<K, T, S>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -306,7 +306,7 @@ impl<K, T, S> fmt::Debug for Group<K, T, S> {
 pub struct Builder<K, T, S> {
     hasher: S,
     spawner: Option<StdArc<dyn Spawn>>,
-    pub(super) settings: Settings<K, T>,
+    pub(super) settings: Settings<T>,
     _types: PhantomData<fn(K) -> T>,
 }
 
@@ -390,7 +390,7 @@ pub(crate) enum Joined<T, F> {
 
 impl<K, T, S> Inner<K, T, S>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -601,7 +601,7 @@ where
 /// A flight run by the spawner after its every caller was dropped.
 pub(super) struct DetachedLead<K, T, S>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -611,7 +611,7 @@ where
 
 impl<K, T, S> DetachedLead<K, T, S>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -625,7 +625,7 @@ where
 
 impl<K, T, S> Future for DetachedLead<K, T, S>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -651,7 +651,7 @@ where
 
 impl<K, T, S> Drop for DetachedLead<K, T, S>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {

@@ -25,9 +25,10 @@ use super::group::{Builder, DetachedLead, Group, Inner, Joined};
 use super::spawn::Detached;
 use crate::loom::lock;
 use crate::loom::sync::Arc;
-use crate::policy::memo::{Borrowed, Lookup};
+use crate::policy::memo::Lookup;
 use crate::policy::{
-    Clock, ErrorPolicy, MetricEvent as Event, MetricGauge as Gauge, Overflow, Policies, Stats,
+    Clock, ErrorPolicy, Fallible, MetricEvent as Event, MetricGauge as Gauge, Overflow, Policies,
+    Stats,
 };
 use crate::settle::settle;
 use crate::{Error, Outcome, Panicked, Source};
@@ -52,7 +53,7 @@ impl<K, T, S> Group<K, T, S> {
 
 impl<K, T, S> Group<K, T, S>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -168,7 +169,7 @@ where
     /// use std::time::Duration;
     ///
     /// let group = singleflight::future::Group::<String, u8>::builder()
-    ///     .memo(Duration::from_secs(60))
+    ///     .memo_all(Duration::from_secs(60))
     ///     .build();
     /// group.call("k".to_string(), || async { 1 }).await;
     /// assert!(group.invalidate("k"));
@@ -188,7 +189,7 @@ where
             .policy
             .as_ref()
             .and_then(|p| p.memo.as_ref())
-            .and_then(|memo| memo.remove(&Borrowed(key)));
+            .and_then(|memo| memo.remove(key));
         drop(table);
         forgot || removed.is_some()
     }
@@ -196,7 +197,7 @@ where
 
 impl<K, T, S> Inner<K, T, S>
 where
-    K: Hash + Eq + Send + 'static,
+    K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -210,6 +211,9 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
+        if let Some(outcome) = p.hit(&key) {
+            return Joined::Ready(Ok(outcome));
+        }
         p.count(Event::Call);
         let mut hash = None;
         loop {
@@ -381,19 +385,46 @@ where
     }
 }
 
-impl<K, T, S> Builder<K, T, S>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-{
+impl<K, T, S> Builder<K, T, S> {
     /// Keeps a flight's value for `ttl` after it ends: calls within it get
-    /// the value ([`Source::Memo`]) without running the work. Failures (see
-    /// [`Builder::failure_if`]) are kept only with [`Builder::negative_ttl`].
+    /// the value ([`Source::Memo`]) without running the work. Failures, the
+    /// values [`Fallible::is_failure`] calls so (for a `Result`, `Err`;
+    /// [`Builder::failure_if`] overrides it), are not kept, or kept for
+    /// [`Builder::negative_ttl`] only; the group's error policy uses the same
+    /// classifier. For a type with no [`Fallible`] impl, use
+    /// [`Builder::memo_all`].
     ///
     /// The memo is a bounded [`quick_cache`] cache ([`Builder::capacity`]
     /// entries, default 10,000); expiry is checked on read, on the group's
     /// clock (see [`Builder::clock`]; pass `TokioClock` to drive it with
-    /// tokio's paused time in tests). Needs `K: Sync`.
+    /// tokio's paused time in tests).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::time::Duration;
+    /// use singleflight::{future::Group, Source};
+    ///
+    /// let group = Group::<&str, Result<u8, String>>::builder()
+    ///     .memo(Duration::from_secs(60))
+    ///     .build();
+    /// group.call("k", || async { Err("down".to_string()) }).await;
+    /// // The failure was not kept: this call runs its work.
+    /// assert_eq!(group.call("k", || async { Ok(1) }).await.source, Source::Flight);
+    /// assert_eq!(group.call("k", || async { Ok(2) }).await.value, Ok(1));
+    /// # });
+    /// ```
+    pub fn memo(mut self, ttl: Duration) -> Self
+    where
+        T: Fallible + 'static,
+    {
+        self.settings.memo(ttl);
+        self
+    }
+
+    /// Like [`Builder::memo`], for values of any type: every value is kept
+    /// for `ttl`, unless [`Builder::failure_if`] calls it a failure.
     ///
     /// # Examples
     ///
@@ -403,14 +434,14 @@ where
     /// use singleflight::Source;
     ///
     /// let group = singleflight::future::Group::<&str, u8>::builder()
-    ///     .memo(Duration::from_secs(60))
+    ///     .memo_all(Duration::from_secs(60))
     ///     .build();
     /// group.call("k", || async { 1 }).await;
     /// assert_eq!(group.call("k", || async { 2 }).await.source, Source::Memo);
     /// # });
     /// ```
-    pub fn memo(mut self, ttl: Duration) -> Self {
-        self.settings.memo(ttl);
+    pub fn memo_all(mut self, ttl: Duration) -> Self {
+        self.settings.memo_all(ttl);
         self
     }
 }
@@ -422,7 +453,7 @@ impl<K, T, S> Builder<K, T, S> {
     ///
     /// ```
     /// let group = singleflight::future::Group::<u64, u64>::builder()
-    ///     .memo(std::time::Duration::from_secs(60))
+    ///     .memo_all(std::time::Duration::from_secs(60))
     ///     .capacity(100)
     ///     .build();
     /// # drop(group);
@@ -443,7 +474,6 @@ impl<K, T, S> Builder<K, T, S> {
     ///
     /// let group = singleflight::future::Group::<&str, Result<u8, String>>::builder()
     ///     .memo(Duration::from_secs(60))
-    ///     .failure_if(Result::is_err)
     ///     .negative_ttl(Duration::from_secs(1))
     ///     .build();
     /// group.call("k", || async { Err("down".to_string()) }).await;
@@ -470,7 +500,7 @@ impl<K, T, S> Builder<K, T, S> {
     /// use singleflight::future::{Group, TokioSpawner};
     ///
     /// let group = Group::<&str, u8>::builder()
-    ///     .memo(Duration::from_secs(30))
+    ///     .memo_all(Duration::from_secs(30))
     ///     .stale_while_revalidate(Duration::from_secs(300))
     ///     .detach(TokioSpawner::current())
     ///     .build();
@@ -485,8 +515,8 @@ impl<K, T, S> Builder<K, T, S> {
     }
 
     /// Which values are failures, for the negative TTL and the error policy.
-    /// For `T = Result<_, _>` pass `Result::is_err`. Without it no value is a
-    /// failure.
+    /// It takes precedence over [`Fallible`], which `memo` uses otherwise;
+    /// without either, no value is a failure.
     ///
     /// # Examples
     ///
@@ -502,7 +532,8 @@ impl<K, T, S> Builder<K, T, S> {
     }
 
     /// What the waiting callers of a failed flight get (default
-    /// [`ErrorPolicy::Share`]). `RetryOnce` needs [`Builder::failure_if`].
+    /// [`ErrorPolicy::Share`]). `RetryOnce` needs a classifier:
+    /// [`Builder::failure_if`], or [`Builder::memo`] on a [`Fallible`] type.
     ///
     /// # Examples
     ///
@@ -570,7 +601,7 @@ impl<K, T, S> Builder<K, T, S> {
     /// use singleflight::policy::ManualClock;
     ///
     /// let group = singleflight::future::Group::<&str, u8>::builder()
-    ///     .memo(std::time::Duration::from_secs(1))
+    ///     .memo_all(std::time::Duration::from_secs(1))
     ///     .clock(ManualClock::new())
     ///     .build();
     /// # drop(group);

@@ -1,4 +1,4 @@
-// Where the memo's timestamps come from: the system's monotonic clock by
+// Where the memo's timestamps come from: the process's ticking clock by
 // default, a clock that tests move by hand, or tokio's (pausable) clock.
 
 use std::fmt;
@@ -6,17 +6,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::tick::Ticket;
+
 /// A monotonic clock for the memo's expiry times.
 ///
 /// Implement it to drive expiry from your own time source; the group calls
 /// [`Clock::now`] once per memo lookup and once per memo write.
 ///
-/// Without one, a group reads the OS's coarse monotonic clock
-/// (`CLOCK_MONOTONIC_COARSE` on Linux): a few ns per read instead of ~25 ns
-/// for `Instant::now()`, at the price of a resolution of 1 to 4 ms, so a
-/// value may be served up to that much past its TTL. Pass
-/// [`SystemClock`] for precise expiry, [`ManualClock`] or `TokioClock` (under
-/// a paused tokio runtime) to drive it in tests.
+/// Without one, a group's memo reads a clock that a thread of the process
+/// (`singleflight-clock`, one for all groups) keeps in an atomic: one load
+/// per hit instead of ~25 ns for `Instant::now()`. The thread ticks only
+/// while a group with a memo on this clock is alive, every 2% of the
+/// shortest of that group's TTL, negative TTL and grace, within 1 to 100 ms;
+/// so a value may be served up to that much past its TTL (more if the
+/// thread is kept off the CPU). Pass [`SystemClock`] for exact expiry at
+/// ~25 ns per hit, [`ManualClock`] or `TokioClock` (under a paused tokio
+/// runtime) to drive it in tests.
 ///
 /// # Examples
 ///
@@ -30,7 +35,7 @@ use std::time::{Duration, Instant};
 /// }
 ///
 /// let group = singleflight::sync::Group::<u8, u8>::builder()
-///     .memo(Duration::from_secs(1))
+///     .memo_all(Duration::from_secs(1))
 ///     .clock(Frozen(Instant::now()))
 ///     .build();
 /// assert_eq!(group.call(1, || 1).value, 1);
@@ -138,15 +143,18 @@ impl fmt::Debug for ManualClock {
     }
 }
 
-/// The time a group's memo reads, as a `u64` in the clock's own unit: the
-/// OS's coarse monotonic clock by default (a few ns per read, where
-/// `Instant::now()` costs ~25 ns, which would double the memo's hit path),
-/// or a [`Clock`] the builder was given.
+/// The time a group's memo reads, as a `u64` of nanoseconds: by default the
+/// process's ticking clock (see `tick`), read with one atomic load, where a
+/// clock read would cost as much as the rest of a memo hit; or a [`Clock`]
+/// the builder was given.
 #[derive(Clone)]
 pub(crate) enum Time {
-    /// `CLOCK_MONOTONIC_COARSE` (through `coarsetime`), in its ticks; its
-    /// resolution is the kernel tick, 1 to 4 ms.
-    Coarse,
+    /// The ticking clock, in nanoseconds from its base; its resolution is
+    /// the period the ticket asked for.
+    Ticking(Ticket),
+    /// `Instant::now()`, in nanoseconds from `base`: where no memo needs a
+    /// fast clock, or the ticking thread could not be started.
+    Precise(Instant),
     /// A [`Clock`], in nanoseconds since `base`.
     Custom {
         clock: Arc<dyn Clock>,
@@ -160,11 +168,30 @@ impl Time {
         Self::Custom { clock, base }
     }
 
-    /// Now, in this clock's unit.
+    /// The ticking clock, ticking at least every `period`.
+    pub(crate) fn ticking(period: Duration) -> Self {
+        Ticket::new(period).map_or_else(Self::precise, Self::Ticking)
+    }
+
+    pub(crate) fn precise() -> Self {
+        Self::Precise(Instant::now())
+    }
+
+    /// Now, in nanoseconds from this clock's base.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         match self {
-            Self::Coarse => coarsetime::Instant::now_without_cache_update().as_ticks(),
+            Self::Ticking(ticket) => ticket.ticker().now(),
+            _ => self.read(),
+        }
+    }
+
+    /// `now` for the clocks that are read rather than loaded.
+    #[inline(never)]
+    fn read(&self) -> u64 {
+        match self {
+            Self::Ticking(ticket) => ticket.ticker().now(),
+            Self::Precise(base) => saturate(base.elapsed().as_nanos()),
             Self::Custom { clock, base } => {
                 saturate(clock.now().saturating_duration_since(*base).as_nanos())
             }
@@ -172,12 +199,8 @@ impl Time {
     }
 
     /// `span` in this clock's unit.
-    pub(crate) fn span(&self, span: Duration) -> u64 {
-        match self {
-            // coarsetime's own conversion, so the unit is its instants' unit.
-            Self::Coarse => coarsetime::Duration::from(span).as_ticks(),
-            Self::Custom { .. } => saturate(span.as_nanos()),
-        }
+    pub(crate) fn span(span: Duration) -> u64 {
+        saturate(span.as_nanos())
     }
 }
 

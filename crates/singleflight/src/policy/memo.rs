@@ -13,23 +13,43 @@
 //   `Drop` code never runs under the group's lock.
 
 use std::borrow::Borrow;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::Time;
 
 use quick_cache::sync::Cache;
-use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, UnitWeighter};
+use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 
-/// A memoised value and when it stops being fresh and servable.
+/// A memoised value and when it stops being fresh. Kept small, as every hit
+/// clones it: the failure flag rides in the lowest bit of the expiry (a
+/// nanosecond of TTL is not worth 8 bytes a hit), and the end of the grace
+/// period is the expiry plus the memo's grace (none for a failure).
 #[derive(Clone)]
 pub(crate) struct Entry<T> {
     value: T,
-    failure: bool,
-    /// In the group's `Time` unit.
-    fresh_until: u64,
-    stale_until: u64,
+    /// Nanoseconds on the group's `Time`, lowest bit cleared, when it stops
+    /// being fresh; the lowest bit is set for a failure.
+    stamp: u64,
+}
+
+impl<T> Entry<T> {
+    fn new(value: T, fresh_until: u64, failure: bool) -> Self {
+        Self {
+            value,
+            stamp: (fresh_until & !1) | u64::from(failure),
+        }
+    }
+
+    #[inline]
+    fn fresh_until(&self) -> u64 {
+        self.stamp & !1
+    }
+
+    fn failure(&self) -> bool {
+        self.stamp & 1 == 1
+    }
 }
 
 /// Entries evicted or replaced while the table lock was held, dropped later.
@@ -59,7 +79,7 @@ pub(crate) enum Lookup<T> {
 
 pub(crate) struct Memo<K, T> {
     cache: Cache<K, Entry<T>, UnitWeighter, DefaultHashBuilder, Defer>,
-    /// The spans, in the group's `Time` unit.
+    /// The spans, in nanoseconds.
     ttl: u64,
     /// `None`: failures are not memoised.
     negative_ttl: Option<u64>,
@@ -74,13 +94,12 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
         ttl: Duration,
         negative_ttl: Option<Duration>,
         grace: Duration,
-        time: &Time,
     ) -> Self {
         let capacity = capacity.max(1);
         let (ttl, negative_ttl, grace) = (
-            time.span(ttl),
-            negative_ttl.map(|ttl| time.span(ttl)),
-            time.span(grace),
+            Time::span(ttl),
+            negative_ttl.map(Time::span),
+            Time::span(grace),
         );
         Self {
             cache: Cache::with(
@@ -98,104 +117,34 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
     }
 }
 
-/// A borrowed form of a key, erased, for `invalidate(&Q)` through [`Store`].
-pub(crate) trait Probe<K> {
-    fn hash_into(&self, state: &mut dyn Hasher);
-    fn matches(&self, key: &K) -> bool;
-}
-
-/// A borrowed key `&Q`, sized, to be passed as a `&dyn Probe<K>`.
-pub(crate) struct Borrowed<'a, Q: ?Sized>(pub(crate) &'a Q);
-
-impl<K, Q> Probe<K> for Borrowed<'_, Q>
-where
-    K: Borrow<Q>,
-    Q: Hash + Eq + ?Sized,
-{
-    fn hash_into(&self, mut state: &mut dyn Hasher) {
-        self.0.hash(&mut state);
+impl<K: Hash + Eq, T: Clone> Memo<K, T> {
+    /// The value for `key` if it is fresh at `now`: the hit path, which
+    /// reads no write count (a miss looks again with [`Memo::lookup`]).
+    #[inline]
+    pub(crate) fn fresh(&self, key: &K, now: u64) -> Option<T> {
+        match self.cache.get(key) {
+            Some(entry) if now < entry.fresh_until() => Some(entry.value),
+            _ => None,
+        }
     }
 
-    fn matches(&self, key: &K) -> bool {
-        self.0 == key.borrow()
-    }
-}
-
-/// Hashes and compares like the key it probes for (`Hasher` calls are
-/// forwarded one by one, so the hash is the key's own).
-struct Erased<'a, K>(&'a dyn Probe<K>);
-
-impl<K> Hash for Erased<'_, K> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash_into(state);
-    }
-}
-
-impl<K> Equivalent<K> for Erased<'_, K> {
-    fn equivalent(&self, key: &K) -> bool {
-        self.0.matches(key)
-    }
-}
-
-/// The memo as a group holds it. A trait object, so that the group stays
-/// `Send + Sync` whatever its bounds say: one is only made (by builder
-/// methods bounded `K: Send + Sync`) where the memo is.
-pub(crate) trait Store<K, T>: Send + Sync {
     /// What the memo holds for `key` at `now`, and the write count read
     /// just before looking (to compare under the table lock on a miss).
-    fn lookup(&self, key: &K, now: u64) -> (Lookup<T>, u64);
-
-    /// Stores `value`, the result of a flight for `key` that ended at `now`
-    /// (cloned by the caller before locking). Call with the table lock held;
-    /// drop what it returns after releasing it.
-    fn store(&self, key: K, value: T, failure: bool, now: u64) -> Dropped<K, T>;
-
-    /// Removes the entry for `key`. Call with the table lock held; drop what
-    /// it returns after releasing it.
-    fn remove(&self, key: &dyn Probe<K>) -> Option<(K, Entry<T>)>;
-
-    /// The write count; read before a lookup, compared under the table lock.
-    fn writes(&self) -> u64;
-}
-
-/// Makes the memo; captured by a builder method where `K: Send + Sync`.
-pub(crate) type MakeStore<K, T> =
-    fn(usize, Duration, Option<Duration>, Duration, &Time) -> Box<dyn Store<K, T>>;
-
-impl<K, T> Memo<K, T>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-{
-    /// A boxed memo; a [`MakeStore`].
-    pub(crate) fn boxed(
-        capacity: usize,
-        ttl: Duration,
-        negative_ttl: Option<Duration>,
-        grace: Duration,
-        time: &Time,
-    ) -> Box<dyn Store<K, T>> {
-        Box::new(Self::new(capacity, ttl, negative_ttl, grace, time))
-    }
-}
-
-impl<K, T> Store<K, T> for Memo<K, T>
-where
-    K: Hash + Eq + Send + Sync,
-    T: Clone + Send + Sync,
-{
     #[inline]
-    fn lookup(&self, key: &K, now: u64) -> (Lookup<T>, u64) {
+    pub(crate) fn lookup(&self, key: &K, now: u64) -> (Lookup<T>, u64) {
         let writes = self.writes.load(Ordering::Acquire);
         let lookup = match self.cache.get(key) {
-            Some(entry) if now < entry.fresh_until => Lookup::Fresh(entry.value),
-            Some(entry) if now < entry.stale_until => Lookup::Stale(entry.value),
+            Some(entry) if now < entry.fresh_until() => Lookup::Fresh(entry.value),
+            Some(entry) if now < self.stale_until(&entry) => Lookup::Stale(entry.value),
             _ => Lookup::Miss,
         };
         (lookup, writes)
     }
 
-    fn store(&self, key: K, value: T, failure: bool, now: u64) -> Dropped<K, T> {
+    /// Stores `value`, the result of a flight for `key` that ended at `now`
+    /// (cloned by the caller before locking). Call with the table lock held;
+    /// drop what it returns after releasing it.
+    pub(crate) fn store(&self, key: K, value: T, failure: bool, now: u64) -> Dropped<K, T> {
         let mut dropped = Vec::new();
         let ttl = if failure {
             let Some(ttl) = self.negative_ttl else {
@@ -205,7 +154,7 @@ where
             // remove anything else, and leave that one alone.
             if let Some(old) = self
                 .cache
-                .remove_if(&key, |old| old.failure || now >= old.stale_until)
+                .remove_if(&key, |old| old.failure() || now >= self.stale_until(old))
             {
                 dropped.push(old);
             } else if self.cache.contains_key(&key) {
@@ -218,28 +167,34 @@ where
             }
             self.ttl
         };
-        let entry = Entry {
-            value,
-            failure,
-            fresh_until: now.saturating_add(ttl),
-            // Failures are never served stale.
-            stale_until: now.saturating_add(ttl).saturating_add(if failure {
-                0
-            } else {
-                self.grace
-            }),
-        };
+        let entry = Entry::new(value, now.saturating_add(ttl), failure);
         self.cache.insert_with_lifecycle(key, entry, &mut dropped);
         self.writes.fetch_add(1, Ordering::Release);
         dropped
     }
 
-    fn remove(&self, key: &dyn Probe<K>) -> Option<(K, Entry<T>)> {
-        self.cache.remove(&Erased(key))
+    /// When `entry` stops being servable: failures are never served stale.
+    fn stale_until(&self, entry: &Entry<T>) -> u64 {
+        if entry.failure() {
+            entry.fresh_until()
+        } else {
+            entry.fresh_until().saturating_add(self.grace)
+        }
     }
 
+    /// Removes the entry for `key`. Call with the table lock held; drop what
+    /// it returns after releasing it.
+    pub(crate) fn remove<Q>(&self, key: &Q) -> Option<(K, Entry<T>)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.cache.remove(key)
+    }
+
+    /// The write count; read before a lookup, compared under the table lock.
     #[inline]
-    fn writes(&self) -> u64 {
+    pub(crate) fn writes(&self) -> u64 {
         self.writes.load(Ordering::Acquire)
     }
 }

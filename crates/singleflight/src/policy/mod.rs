@@ -16,8 +16,7 @@
 //! use singleflight::{policy::ErrorPolicy, sync::Group, Source};
 //!
 //! let group = Group::<String, Result<u32, String>>::builder()
-//!     .memo(Duration::from_secs(30))
-//!     .failure_if(Result::is_err)
+//!     .memo(Duration::from_secs(30)) // `Err` is a failure: `Result` is `Fallible`
 //!     .negative_ttl(Duration::from_secs(1))
 //!     .error_policy(ErrorPolicy::RetryOnce)
 //!     .metrics("users")
@@ -29,6 +28,7 @@
 mod clock;
 pub(crate) mod memo;
 pub(crate) mod metrics;
+mod tick;
 
 use std::fmt;
 use std::hash::Hash;
@@ -41,7 +41,8 @@ pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{METRIC_NAMES, Stats};
 
-use memo::{Lookup, MakeStore, Memo, Store};
+use crate::{Outcome, Source};
+use memo::{Lookup, Memo};
 use metrics::{Event, Gauge, Metrics};
 
 /// What a caller does when the key's flight already has the group's maximum
@@ -68,8 +69,9 @@ pub enum Overflow {
 }
 
 /// What the waiting callers of a failed flight get. A failure is a value the
-/// group's classifier ([`failure_if`](crate::sync::Group::builder)) calls one;
-/// without a classifier nothing is a failure.
+/// group's classifier calls one: the closure given to `failure_if`, else, in
+/// a group built with `memo`, [`Fallible::is_failure`]; without either,
+/// nothing is a failure.
 ///
 /// # Examples
 ///
@@ -92,18 +94,67 @@ pub enum ErrorPolicy {
     RetryOnce,
 }
 
+/// Which values of a type are failures, for a memo built with `memo` (see
+/// [`sync::Builder::memo`](crate::sync::Builder::memo)): kept only for the
+/// negative TTL, if at all, and retried under [`ErrorPolicy::RetryOnce`].
+///
+/// Implemented for `Result` (`Err` is a failure). Implement it for a type of
+/// your own whose values can be failures; for a type whose values never are,
+/// use `memo_all` instead of `memo`. A classifier given to `failure_if`
+/// takes precedence over this one.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use singleflight::{policy::Fallible, sync::Group, Source};
+///
+/// #[derive(Clone)]
+/// enum Lookup {
+///     Found(u32),
+///     Unavailable,
+/// }
+///
+/// impl Fallible for Lookup {
+///     fn is_failure(&self) -> bool {
+///         matches!(self, Lookup::Unavailable)
+///     }
+/// }
+///
+/// let group = Group::<&str, Lookup>::builder().memo(Duration::from_secs(60)).build();
+/// group.call("k", || Lookup::Unavailable); // a failure: not memoised
+/// assert_eq!(group.call("k", || Lookup::Found(7)).source, Source::Flight);
+/// assert_eq!(group.call("k", || Lookup::Found(8)).source, Source::Memo);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not say which of its values are failures",
+    label = "`memo` keeps failures out of the memo, so it needs to tell them apart",
+    note = "use `memo_all(ttl)` to memoise every value (add `.failure_if(...)` to tell failures apart), or implement `singleflight::policy::Fallible` for `{Self}`"
+)]
+pub trait Fallible {
+    /// Whether this value is a failure.
+    fn is_failure(&self) -> bool;
+}
+
+impl<V, E> Fallible for Result<V, E> {
+    fn is_failure(&self) -> bool {
+        self.is_err()
+    }
+}
+
 /// Decides which values are failures.
 pub(crate) type Classifier<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
 
 /// A builder's policy settings, shared by both groups' builders.
-pub(crate) struct Settings<K, T> {
-    /// Set by the builder's `memo` (where `K: Send + Sync` is known).
-    pub(crate) make_memo: Option<MakeStore<K, T>>,
+pub(crate) struct Settings<T> {
     pub(crate) ttl: Option<Duration>,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) grace: Duration,
     pub(crate) capacity: usize,
+    /// Set by `failure_if`.
     pub(crate) failure: Option<Classifier<T>>,
+    /// `Fallible::is_failure`, set by `memo`; `failure` takes precedence.
+    pub(crate) fallible: Option<Classifier<T>>,
     pub(crate) error_policy: ErrorPolicy,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cap: Option<(usize, Overflow)>,
@@ -114,15 +165,15 @@ pub(crate) struct Settings<K, T> {
 /// Default memo capacity, in entries.
 pub(crate) const DEFAULT_CAPACITY: usize = 10_000;
 
-impl<K, T> Default for Settings<K, T> {
+impl<T> Default for Settings<T> {
     fn default() -> Self {
         Self {
-            make_memo: None,
             ttl: None,
             negative_ttl: None,
             grace: Duration::ZERO,
             capacity: DEFAULT_CAPACITY,
             failure: None,
+            fallible: None,
             error_policy: ErrorPolicy::Share,
             timeout: None,
             cap: None,
@@ -132,27 +183,42 @@ impl<K, T> Default for Settings<K, T> {
     }
 }
 
-impl<K, T> Settings<K, T> {
-    /// Turns the memo on, with a TTL of `ttl`.
+impl<T> Settings<T> {
+    /// Turns the memo on with a TTL of `ttl`, telling failures apart with
+    /// [`Fallible`] unless `failure_if` is given.
     pub(crate) fn memo(&mut self, ttl: Duration)
     where
-        K: Hash + Eq + Send + Sync + 'static,
-        T: Clone + Send + Sync + 'static,
+        T: Fallible + 'static,
     {
         self.ttl = Some(ttl);
-        self.make_memo = Some(Memo::<K, T>::boxed);
+        self.fallible = Some(Arc::new(T::is_failure));
+    }
+
+    /// Turns the memo on with a TTL of `ttl`, for every value.
+    pub(crate) fn memo_all(&mut self, ttl: Duration) {
+        self.ttl = Some(ttl);
+        self.fallible = None;
     }
 
     /// The policies, or `None` when every one is off (the plain path).
-    pub(crate) fn build(self, swr: bool) -> Option<Box<Policies<K, T>>> {
-        let retry_once = self.error_policy == ErrorPolicy::RetryOnce && self.failure.is_some();
-        let time = self.clock.map_or(Time::Coarse, Time::custom);
-        let memo = match (self.ttl, self.make_memo) {
-            (Some(ttl), Some(make)) => {
+    pub(crate) fn build<K>(self, swr: bool) -> Option<Box<Policies<K, T>>>
+    where
+        K: Hash + Eq,
+        T: Clone,
+    {
+        let failure = self.failure.or(self.fallible);
+        let retry_once = self.error_policy == ErrorPolicy::RetryOnce && failure.is_some();
+        let (memo, time) = match self.ttl {
+            Some(ttl) => {
                 let grace = if swr { self.grace } else { Duration::ZERO };
-                Some(make(self.capacity, ttl, self.negative_ttl, grace, &time))
+                let time = self.clock.map_or_else(
+                    || Time::ticking(tick_period(ttl, self.negative_ttl, grace)),
+                    Time::custom,
+                );
+                let memo = Memo::new(self.capacity, ttl, self.negative_ttl, grace);
+                (Some(memo), time)
             }
-            _ => None,
+            None => (None, self.clock.map_or_else(Time::precise, Time::custom)),
         };
         if memo.is_none()
             && !retry_once
@@ -164,7 +230,7 @@ impl<K, T> Settings<K, T> {
         }
         Some(Box::new(Policies {
             memo,
-            failure: self.failure,
+            failure,
             retry_once,
             timeout: self.timeout,
             cap: self.cap,
@@ -174,7 +240,18 @@ impl<K, T> Settings<K, T> {
     }
 }
 
-impl<K, T> fmt::Debug for Settings<K, T> {
+/// How often the ticking clock must tick for a memo: 2% of its shortest
+/// span (clamped by the ticker to 1..=100 ms).
+fn tick_period(ttl: Duration, negative_ttl: Option<Duration>, grace: Duration) -> Duration {
+    [Some(ttl), negative_ttl, Some(grace)]
+        .into_iter()
+        .flatten()
+        .filter(|span| !span.is_zero())
+        .min()
+        .map_or(Duration::ZERO, |span| span / 50)
+}
+
+impl<T> fmt::Debug for Settings<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("ttl", &self.ttl)
@@ -182,6 +259,7 @@ impl<K, T> fmt::Debug for Settings<K, T> {
             .field("grace", &self.grace)
             .field("capacity", &self.capacity)
             .field("classifier", &self.failure.is_some())
+            .field("fallible", &self.fallible.is_some())
             .field("error_policy", &self.error_policy)
             .field("timeout", &self.timeout)
             .field("max_waiters", &self.cap)
@@ -192,7 +270,7 @@ impl<K, T> fmt::Debug for Settings<K, T> {
 
 /// A group's policies, when at least one is on.
 pub(crate) struct Policies<K, T> {
-    pub(crate) memo: Option<Box<dyn Store<K, T>>>,
+    pub(crate) memo: Option<Memo<K, T>>,
     pub(crate) failure: Option<Classifier<T>>,
     pub(crate) retry_once: bool,
     pub(crate) timeout: Option<Duration>,
@@ -211,7 +289,7 @@ impl<K, T> Policies<K, T> {
             timeout: None,
             cap: None,
             metrics: None,
-            time: Time::Coarse,
+            time: Time::precise(),
         }
     }
 
@@ -250,8 +328,19 @@ impl<K, T> Policies<K, T> {
     }
 }
 
-impl<K, T> Policies<K, T> {
-    /// The memo's answer for `key`, and its write count (see `Store::lookup`).
+impl<K: Hash + Eq, T: Clone> Policies<K, T> {
+    /// A fresh memoised value for `key`, counted as a hit: the whole hit
+    /// path, kept small enough to inline into the groups' calls.
+    #[inline]
+    /// On `None` the call is not counted: the miss path counts it.
+    pub(crate) fn hit(&self, key: &K) -> Option<Outcome<T>> {
+        let value = self.memo.as_ref()?.fresh(key, self.now())?;
+        self.count(Event::Call);
+        self.count(Event::MemoHit);
+        Some(Outcome::from(value, true, Source::Memo))
+    }
+
+    /// The memo's answer for `key`, and its write count (see `Memo::lookup`).
     #[inline]
     pub(crate) fn lookup(&self, key: &K) -> (Lookup<T>, Option<u64>) {
         match &self.memo {
@@ -265,3 +354,20 @@ impl<K, T> Policies<K, T> {
 }
 
 pub(crate) use metrics::{Event as MetricEvent, Gauge as MetricGauge};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_ticks_at_a_fiftieth_of_the_shortest_span() {
+        let ms = Duration::from_millis;
+        assert_eq!(tick_period(ms(1_000), None, Duration::ZERO), ms(20));
+        assert_eq!(tick_period(ms(1_000), Some(ms(500)), ms(5_000)), ms(10));
+        assert_eq!(tick_period(ms(1_000), Some(Duration::ZERO), ms(250)), ms(5));
+        assert_eq!(
+            tick_period(Duration::ZERO, None, Duration::ZERO),
+            Duration::ZERO
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::group::Group;
-use crate::policy::{Clock, ErrorPolicy, Overflow, Settings};
+use crate::policy::{Clock, ErrorPolicy, Fallible, Overflow, Settings};
 
 /// Settings of a [`Group`]; from [`Group::builder`]. Every policy is off
 /// unless set.
@@ -19,7 +19,6 @@ use crate::policy::{Clock, ErrorPolicy, Overflow, Settings};
 ///
 /// let group = singleflight::sync::Group::<String, Result<String, String>>::builder()
 ///     .memo(Duration::from_secs(10))
-///     .failure_if(Result::is_err)
 ///     .negative_ttl(Duration::from_secs(1))
 ///     .error_policy(ErrorPolicy::RetryOnce)
 ///     .timeout(Duration::from_secs(2))
@@ -30,7 +29,7 @@ use crate::policy::{Clock, ErrorPolicy, Overflow, Settings};
 /// ```
 pub struct Builder<K, T, S> {
     hasher: S,
-    settings: Settings<K, T>,
+    settings: Settings<T>,
     _keys: std::marker::PhantomData<fn(K)>,
 }
 
@@ -68,7 +67,7 @@ impl<K, T, S> Builder<K, T, S> {
     ///
     /// ```
     /// let group = singleflight::sync::Group::<u64, u64>::builder()
-    ///     .memo(std::time::Duration::from_secs(60))
+    ///     .memo_all(std::time::Duration::from_secs(60))
     ///     .capacity(100)
     ///     .build();
     /// # drop(group);
@@ -88,7 +87,6 @@ impl<K, T, S> Builder<K, T, S> {
     ///
     /// let group = singleflight::sync::Group::<&str, Result<u8, String>>::builder()
     ///     .memo(Duration::from_secs(60))
-    ///     .failure_if(Result::is_err)
     ///     .negative_ttl(Duration::from_secs(1))
     ///     .build();
     /// group.call("k", || Err("down".to_string()));
@@ -100,8 +98,8 @@ impl<K, T, S> Builder<K, T, S> {
     }
 
     /// Which values are failures, for the negative TTL and the error policy.
-    /// For `T = Result<_, _>` pass `Result::is_err`. Without it no value is a
-    /// failure.
+    /// It takes precedence over [`Fallible`], which `memo` uses otherwise;
+    /// without either, no value is a failure.
     ///
     /// # Examples
     ///
@@ -117,7 +115,8 @@ impl<K, T, S> Builder<K, T, S> {
     }
 
     /// What the waiting callers of a failed flight get (default
-    /// [`ErrorPolicy::Share`]). `RetryOnce` needs [`Builder::failure_if`].
+    /// [`ErrorPolicy::Share`]). `RetryOnce` needs a classifier:
+    /// [`Builder::failure_if`], or [`Builder::memo`] on a [`Fallible`] type.
     ///
     /// # Examples
     ///
@@ -199,7 +198,7 @@ impl<K, T, S> Builder<K, T, S> {
     ///
     /// let clock = ManualClock::new();
     /// let group = singleflight::sync::Group::<&str, u8>::builder()
-    ///     .memo(Duration::from_secs(1))
+    ///     .memo_all(Duration::from_secs(1))
     ///     .clock(clock.clone())
     ///     .build();
     /// group.call("k", || 1);
@@ -212,19 +211,43 @@ impl<K, T, S> Builder<K, T, S> {
     }
 }
 
-impl<K, T, S> Builder<K, T, S>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-{
+impl<K, T, S> Builder<K, T, S> {
     /// Keeps a flight's value for `ttl` after it ends: calls within it get
-    /// the value ([`Source::Memo`](crate::Source::Memo)) without running the
-    /// work. Failures (see [`Builder::failure_if`]) are kept only with
-    /// [`Builder::negative_ttl`].
+    /// the value ([`Source::Memo`](crate::Source::Memo)) without running the work. Failures, the
+    /// values [`Fallible::is_failure`] calls so (for a `Result`, `Err`;
+    /// [`Builder::failure_if`] overrides it), are not kept, or kept for
+    /// [`Builder::negative_ttl`] only; the group's error policy uses the same
+    /// classifier. For a type with no [`Fallible`] impl, use
+    /// [`Builder::memo_all`].
     ///
     /// The memo is a bounded [`quick_cache`] cache ([`Builder::capacity`]
     /// entries, default 10,000); expiry is checked on read, on the group's
-    /// clock. Needs `K` and `T` to be `Send + Sync + 'static`.
+    /// clock (see [`Builder::clock`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use singleflight::{sync::Group, Source};
+    ///
+    /// let group = Group::<&str, Result<u8, String>>::builder()
+    ///     .memo(Duration::from_secs(60))
+    ///     .build();
+    /// group.call("k", || Err("down".to_string()));
+    /// // The failure was not kept: this call runs its work.
+    /// assert_eq!(group.call("k", || Ok(1)).source, Source::Flight);
+    /// assert_eq!(group.call("k", || Ok(2)).value, Ok(1));
+    /// ```
+    pub fn memo(mut self, ttl: Duration) -> Self
+    where
+        T: Fallible + 'static,
+    {
+        self.settings.memo(ttl);
+        self
+    }
+
+    /// Like [`Builder::memo`], for values of any type: every value is kept
+    /// for `ttl`, unless [`Builder::failure_if`] calls it a failure.
     ///
     /// # Examples
     ///
@@ -232,12 +255,14 @@ where
     /// use std::time::Duration;
     /// use singleflight::Source;
     ///
-    /// let group = singleflight::sync::Group::<&str, u8>::builder().memo(Duration::from_secs(60)).build();
+    /// let group = singleflight::sync::Group::<&str, u8>::builder()
+    ///     .memo_all(Duration::from_secs(60))
+    ///     .build();
     /// group.call("k", || 1);
     /// assert_eq!(group.call("k", || 2).source, Source::Memo);
     /// ```
-    pub fn memo(mut self, ttl: Duration) -> Self {
-        self.settings.memo(ttl);
+    pub fn memo_all(mut self, ttl: Duration) -> Self {
+        self.settings.memo_all(ttl);
         self
     }
 }

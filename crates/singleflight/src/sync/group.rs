@@ -107,7 +107,7 @@ impl<K, T> Group<K, T, RandomState> {
     /// use std::time::Duration;
     ///
     /// let group = singleflight::sync::Group::<String, u64>::builder()
-    ///     .memo(Duration::from_secs(5))
+    ///     .memo_all(Duration::from_secs(5))
     ///     .capacity(1_000)
     ///     .build();
     /// assert_eq!(group.call("k".to_string(), || 1).value, 1);
@@ -223,8 +223,20 @@ where
         F: FnOnce() -> T,
     {
         if let Some(policy) = &self.policy {
-            return self.try_call_policed(policy, key, work);
+            if let Some(outcome) = policy.hit(&key) {
+                return Ok(outcome);
+            }
+            return self.try_call_missed(policy, key, work);
         }
+        self.try_call_plain(key, work)
+    }
+
+    /// `try_call` without policies: Go's semantics.
+    #[inline(never)]
+    fn try_call_plain<F>(&self, key: K, work: F) -> Result<Outcome<T>, Panicked>
+    where
+        F: FnOnce() -> T,
+    {
         let hash = self.hasher.hash_one(&key);
         let mut table = self.table.lock(hash);
         if let Some(slot) = table.live_mut(hash, &key) {

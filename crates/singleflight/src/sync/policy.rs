@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::flight::{Flight, Waited};
 use super::group::Group;
 use crate::loom::sync::Arc;
-use crate::policy::memo::{Borrowed, Lookup};
+use crate::policy::memo::Lookup;
 use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Overflow, Policies, Stats};
 use crate::settle::{received, settle};
 use crate::{Error, Outcome, Panicked, Source};
@@ -117,7 +117,7 @@ where
     /// use std::time::Duration;
     ///
     /// let group = singleflight::sync::Group::<String, u8>::builder()
-    ///     .memo(Duration::from_secs(60))
+    ///     .memo_all(Duration::from_secs(60))
     ///     .build();
     /// group.call("k".to_string(), || 1);
     /// assert!(group.invalidate("k"));
@@ -135,14 +135,15 @@ where
             .policy
             .as_ref()
             .and_then(|p| p.memo.as_ref())
-            .and_then(|memo| memo.remove(&Borrowed(key)));
+            .and_then(|memo| memo.remove(key));
         drop(table);
         forgot || removed.is_some()
     }
 
-    /// `try_call` with policies: the errors `call` cannot express panic.
-    #[inline]
-    pub(super) fn try_call_policed<F>(
+    /// `try_call` with policies, after the memo had no fresh value: the
+    /// errors `call` cannot express panic.
+    #[inline(never)]
+    pub(super) fn try_call_missed<F>(
         &self,
         policy: &Policies<K, T>,
         key: K,
@@ -151,7 +152,7 @@ where
     where
         F: FnOnce() -> T,
     {
-        match self.policed(policy, key, work, None) {
+        match self.policed_miss(policy, key, work, None) {
             Ok(outcome) => Ok(outcome),
             Err(Error::Panicked(panicked)) => Err(panicked),
             Err(Error::TooManyWaiters) => {
@@ -187,43 +188,32 @@ where
     where
         F: FnOnce() -> T,
     {
-        p.count(Event::Call);
-        // The memo's hit path, kept small enough to inline.
-        let (lookup, writes) = p.lookup(&key);
-        if let Lookup::Fresh(value) | Lookup::Stale(value) = lookup {
-            p.count(Event::MemoHit);
-            return Ok(Outcome::from(value, true, Source::Memo));
+        match p.hit(&key) {
+            Some(outcome) => Ok(outcome),
+            None => self.policed_miss(p, key, work, deadline),
         }
-        self.policed_miss(p, key, work, deadline, writes)
     }
 
-    /// The rest of `policed`, after a memo miss whose write count was `writes`.
-    #[inline(never)]
+    /// The rest of `policed`, after the memo had no fresh value.
+    #[inline]
     fn policed_miss<F>(
         &self,
         p: &Policies<K, T>,
         key: K,
         work: F,
         deadline: Option<Instant>,
-        writes: Option<u64>,
     ) -> Result<Outcome<T>, Error>
     where
         F: FnOnce() -> T,
     {
+        p.count(Event::Call);
         let mut hash = None;
-        let mut looked = Some(writes);
         let (flight, id) = loop {
-            let writes = match looked.take() {
-                Some(writes) => writes,
-                None => {
-                    let (lookup, writes) = p.lookup(&key);
-                    if let Lookup::Fresh(value) | Lookup::Stale(value) = lookup {
-                        p.count(Event::MemoHit);
-                        return Ok(Outcome::from(value, true, Source::Memo));
-                    }
-                    writes
-                }
-            };
+            let (lookup, writes) = p.lookup(&key);
+            if let Lookup::Fresh(value) | Lookup::Stale(value) = lookup {
+                p.count(Event::MemoHit);
+                return Ok(Outcome::from(value, true, Source::Memo));
+            }
             // Hashed for the table only on a miss: the hit path pays the memo's hash alone.
             let hash = *hash.get_or_insert_with(|| self.hasher.hash_one(&key));
             let mut table = self.table.lock(hash);

@@ -307,7 +307,7 @@ impl<S> Coalesce<S> {
         if let Some(ttl) = config.memo_ttl {
             // Not kept: whatever a later reader could not be given whole.
             builder = builder
-                .memo(ttl)
+                .memo_all(ttl)
                 .failure_if(|flown: &Flown| !flown.replayable());
             if let Some(grace) = config.stale {
                 // Refreshes run on the runtime the service runs on. Outside

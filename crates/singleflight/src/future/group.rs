@@ -13,7 +13,6 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::marker::PhantomData;
 use std::sync::Arc as StdArc;
 
 use super::call::{Call, Lead, TryCall};
@@ -21,7 +20,7 @@ use super::flight::{Flight, Work};
 use super::spawn::{Detached, Spawn};
 use crate::loom::lock;
 use crate::loom::sync::{Arc, MutexGuard};
-use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Policies, Settings};
+use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Policies};
 use crate::table::{Shards, Table};
 use crate::{Error, Outcome, Panicked};
 
@@ -118,12 +117,7 @@ impl<K, T> Group<K, T, RandomState> {
     /// assert!(group.is_empty());
     /// ```
     pub fn builder() -> Builder<K, T, RandomState> {
-        Builder {
-            hasher: RandomState::new(),
-            spawner: None,
-            settings: Settings::default(),
-            _types: PhantomData,
-        }
+        Builder::new(RandomState::new(), Async { spawner: None })
     }
 }
 
@@ -302,25 +296,26 @@ impl<K, T, S> fmt::Debug for Group<K, T, S> {
     }
 }
 
-/// Settings of a [`Group`]; from [`Group::builder`].
-pub struct Builder<K, T, S> {
-    hasher: S,
+/// Settings of a [`Group`]; from [`Group::builder`]. Its calls are
+/// [`policy::Builder`](crate::policy::Builder)'s, plus [`Builder::detach`],
+/// [`Builder::stale_while_revalidate`] and [`Builder::build`].
+pub type Builder<K, T, S> = crate::policy::Builder<K, T, S, Async>;
+
+/// What a [`Builder`] of the async group holds beyond the policies: the
+/// spawner of [`Builder::detach`].
+pub struct Async {
     spawner: Option<StdArc<dyn Spawn>>,
-    pub(super) settings: Settings<T>,
-    _types: PhantomData<fn(K) -> T>,
+}
+
+impl fmt::Debug for Async {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Async")
+            .field("detached", &self.spawner.is_some())
+            .finish()
+    }
 }
 
 impl<K, T, S> Builder<K, T, S> {
-    /// Hashes keys with `hasher`.
-    pub fn hasher<S2>(self, hasher: S2) -> Builder<K, T, S2> {
-        Builder {
-            hasher,
-            spawner: self.spawner,
-            settings: self.settings,
-            _types: PhantomData,
-        }
-    }
-
     /// Hands a flight whose every caller was dropped to `spawner`, which runs
     /// it to completion, instead of cancelling it. Calls for its key keep
     /// joining it meanwhile.
@@ -340,7 +335,7 @@ impl<K, T, S> Builder<K, T, S> {
     /// # fn main() {}
     /// ```
     pub fn detach(mut self, spawner: impl Spawn) -> Self {
-        self.spawner = Some(StdArc::new(spawner));
+        self.group.spawner = Some(StdArc::new(spawner));
         self
     }
 }
@@ -348,24 +343,16 @@ impl<K, T, S> Builder<K, T, S> {
 impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
     /// The group.
     pub fn build(self) -> Group<K, T, S> {
-        let policy = self.settings.build(self.spawner.is_some());
+        let spawner = self.group.spawner;
+        let policy = self.settings.build(spawner.is_some());
         Group {
             inner: StdArc::new(Inner {
                 table: Shards::new(),
                 hasher: self.hasher,
-                spawner: self.spawner,
+                spawner,
                 policy,
             }),
         }
-    }
-}
-
-impl<K, T, S> fmt::Debug for Builder<K, T, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("detached", &self.spawner.is_some())
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
     }
 }
 

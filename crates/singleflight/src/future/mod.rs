@@ -13,7 +13,7 @@ mod spawn;
 
 pub use call::{Call, TryCall};
 pub use deadline::{Checked, Until};
-pub use group::{Builder, Group};
+pub use group::{Async, Builder, Group};
 #[cfg(feature = "tokio")]
 pub use spawn::TokioSpawner;
 pub use spawn::{Detached, Spawn};

@@ -25,6 +25,7 @@
 //! assert_eq!(group.call("42".to_string(), || Ok(8)).value, Ok(7));
 //! ```
 
+mod builder;
 mod clock;
 pub(crate) mod memo;
 pub(crate) mod metrics;
@@ -35,6 +36,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use builder::Builder;
 pub(crate) use clock::Time;
 #[cfg(feature = "tokio")]
 pub use clock::TokioClock;
@@ -64,7 +66,7 @@ pub enum Overflow {
     /// (from the checked entry points; `call` and `try_call` panic).
     Refuse,
     /// Run the caller's own work, alone: not shared, not memoised; its
-    /// [`Outcome::source`](crate::Outcome::source) is [`Source::Bypass`](crate::Source::Bypass).
+    /// [`Outcome::source`] is [`Source::Bypass`].
     RunOwn,
 }
 

@@ -114,7 +114,7 @@ impl<K, T> Group<K, T, RandomState> {
     /// assert_eq!(group.call("k".to_string(), || 2).value, 1); // from the memo
     /// ```
     pub fn builder() -> Builder<K, T, RandomState> {
-        Builder::new(RandomState::new())
+        Builder::new(RandomState::new(), super::builder::Blocking)
     }
 }
 

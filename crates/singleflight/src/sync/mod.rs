@@ -7,5 +7,5 @@ mod flight;
 mod group;
 mod policy;
 
-pub use builder::Builder;
+pub use builder::{Blocking, Builder};
 pub use group::Group;

@@ -15,7 +15,6 @@
 use std::borrow::Borrow;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc as StdArc;
 use std::time::Duration;
 
@@ -320,19 +319,11 @@ where
         id: u64,
         result: std::thread::Result<T>,
     ) -> Result<Outcome<T>, Panicked> {
-        let failure = result.as_ref().is_ok_and(|value| p.is_failure(value));
-        // Cloned before locking: user `Clone` never runs under the table lock.
-        // A panicking `Clone` costs the memo entry, never the flight's end.
-        let mut memo_copy = match (&p.memo, &result) {
-            (Some(_), Ok(value)) => panic::catch_unwind(AssertUnwindSafe(|| value.clone()))
-                .ok()
-                .map(|copy| (copy, p.now())),
-            _ => None,
-        };
+        let ending = p.ending(&result);
 
         let mut table = self.table.lock(hash);
         if p.retry_once
-            && failure
+            && ending.failure
             && let Some(slot) = table.get_mut(hash, id)
             && !slot.retried
             && let Some(flight) = slot.flight.clone()
@@ -348,32 +339,15 @@ where
                 if let Some(heir) = heir {
                     heir.wake();
                 }
-                drop(memo_copy);
+                drop(ending);
                 let value = result.unwrap_or_else(|_| unreachable!("a failure is a value"));
                 return Ok(Outcome::new(value, true));
             }
         }
         let slot = table.remove(hash, id);
-        let mut dropped = Vec::new();
-        let mut spare_key = None;
-        let mut flight = None;
-        if let Some(slot) = slot {
-            let forgotten = slot.is_forgotten();
-            flight = slot.flight;
-            match (&p.memo, memo_copy.take()) {
-                (Some(memo), Some((value, now))) if !forgotten => {
-                    dropped = memo.store(slot.key, value, failure, now);
-                }
-                (_, copy) => {
-                    memo_copy = copy;
-                    spare_key = Some(slot.key);
-                }
-            }
-        }
+        let (flight, leftover) = p.end_slot(slot, ending);
         drop(table);
-        drop(dropped);
-        drop(memo_copy);
-        drop(spare_key);
+        drop(leftover);
         p.gauge(Gauge::Flights, -1);
         if result.is_err() {
             p.count(Event::Panic);

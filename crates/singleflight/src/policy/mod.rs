@@ -43,8 +43,9 @@ pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{METRIC_NAMES, Stats};
 
+use crate::table::Slot;
 use crate::{Outcome, Source};
-use memo::{Lookup, Memo};
+use memo::{Dropped, Lookup, Memo};
 use metrics::{Event, Gauge, Metrics};
 
 /// What a caller does when the key's flight already has the group's maximum
@@ -352,6 +353,72 @@ impl<K: Hash + Eq, T: Clone> Policies<K, T> {
             }
             None => (Lookup::Miss, None),
         }
+    }
+}
+
+/// A flight's result as its end needs it, made before the table lock is
+/// taken: whether it is a failure, and the memo's copy of it.
+pub(crate) struct Ending<T> {
+    pub(crate) failure: bool,
+    copy: Option<(T, u64)>,
+}
+
+/// What ending a flight took out of the table and the memo, to be dropped by
+/// the caller once the table lock is released: user `Drop` code never runs
+/// under it.
+#[must_use = "dropped after the table lock is released"]
+pub(crate) struct Leftover<K, T> {
+    _evicted: Dropped<K, T>,
+    _copy: Option<(T, u64)>,
+    _key: Option<K>,
+}
+
+impl<K: Hash + Eq, T: Clone> Policies<K, T> {
+    /// Classifies a flight's result and copies it for the memo. Call before
+    /// taking the table lock: user `Clone` never runs under it, and a
+    /// panicking `Clone` costs the memo entry, never the flight's end.
+    pub(crate) fn ending(&self, result: &std::thread::Result<T>) -> Ending<T> {
+        let failure = result.as_ref().is_ok_and(|value| self.is_failure(value));
+        let copy = match (&self.memo, result) {
+            (Some(_), Ok(value)) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.clone()))
+                    .ok()
+                    .map(|copy| (copy, self.now()))
+            }
+            _ => None,
+        };
+        Ending { failure, copy }
+    }
+
+    /// Ends the flight whose slot was just removed from the table (if it was
+    /// still there), with the table lock held: writes its result into the
+    /// memo unless the flight was forgotten. Returns the slot's flight, and
+    /// what to drop once the lock is released.
+    pub(crate) fn end_slot<F>(
+        &self,
+        slot: Option<Slot<K, F>>,
+        ending: Ending<T>,
+    ) -> (Option<F>, Leftover<K, T>) {
+        let mut leftover = Leftover {
+            _evicted: Vec::new(),
+            _copy: None,
+            _key: None,
+        };
+        let Some(slot) = slot else {
+            leftover._copy = ending.copy;
+            return (None, leftover);
+        };
+        let forgotten = slot.is_forgotten();
+        match (&self.memo, ending.copy) {
+            (Some(memo), Some((value, now))) if !forgotten => {
+                leftover._evicted = memo.store(slot.key, value, ending.failure, now);
+            }
+            (_, copy) => {
+                leftover._copy = copy;
+                leftover._key = Some(slot.key);
+            }
+        }
+        (slot.flight, leftover)
     }
 }
 

@@ -304,19 +304,11 @@ where
     {
         p.count(Event::Execution);
         let result = panic::catch_unwind(AssertUnwindSafe(work));
-        let failure = result.as_ref().is_ok_and(|value| p.is_failure(value));
-        // Cloned before locking: user `Clone` never runs under the table lock.
-        // A panicking `Clone` costs the memo entry, never the flight's end.
-        let memo_copy = match (&p.memo, &result) {
-            (Some(_), Ok(value)) => panic::catch_unwind(AssertUnwindSafe(|| value.clone()))
-                .ok()
-                .map(|copy| (copy, p.now())),
-            _ => None,
-        };
+        let ending = p.ending(&result);
 
         let mut table = self.table.lock(hash);
         if p.retry_once
-            && failure
+            && ending.failure
             && let Some(slot) = table.get_mut(hash, id)
             && !slot.retried
             && slot.followers > 0
@@ -331,28 +323,9 @@ where
             return Ok(Outcome::new(value, true));
         }
         let slot = table.remove(hash, id);
-        let mut dropped = Vec::new();
-        // Whatever is not stored is dropped after the lock is released.
-        let mut memo_copy = memo_copy;
-        let mut spare_key = None;
-        let mut flight = None;
-        if let Some(slot) = slot {
-            let forgotten = slot.is_forgotten();
-            flight = slot.flight;
-            match (&p.memo, memo_copy.take()) {
-                (Some(memo), Some((value, now))) if !forgotten => {
-                    dropped = memo.store(slot.key, value, failure, now);
-                }
-                (_, copy) => {
-                    memo_copy = copy;
-                    spare_key = Some(slot.key);
-                }
-            }
-        }
+        let (flight, leftover) = p.end_slot(slot, ending);
         drop(table);
-        drop(dropped);
-        drop(memo_copy);
-        drop(spare_key);
+        drop(leftover);
         p.gauge(Gauge::Flights, -1);
         if result.is_err() {
             p.count(Event::Panic);

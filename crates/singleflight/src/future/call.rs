@@ -151,7 +151,12 @@ where
     fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome<T>, Error>> {
         loop {
             match &mut self.step {
-                Step::Start { .. } => {
+                Step::Start { key, .. } => {
+                    // The memo's hit path, on the key in place.
+                    if let Some(outcome) = self.inner.policy.as_ref().and_then(|p| p.hit(key)) {
+                        self.step = Step::Done;
+                        return Poll::Ready(Ok(outcome));
+                    }
                     let Step::Start { key, make } = mem::replace(&mut self.step, Step::Done) else {
                         unreachable!("matched Start just above");
                     };

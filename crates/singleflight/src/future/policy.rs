@@ -207,9 +207,7 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
-        if let Some(outcome) = p.hit(&key) {
-            return Joined::Ready(Ok(outcome));
-        }
+        // The hit path ran in `TryCall::poll_steps`: only a miss gets here.
         p.count(Event::Call);
         let mut hash = None;
         loop {

@@ -1,5 +1,6 @@
 //! loom models of the blocking group's races: join against finish, a panic
-//! against a joining caller, forget against a finishing flight.
+//! against a joining caller, forget against a finishing flight, and a failed
+//! flight against a follower under `ErrorPolicy::RetryOnce`.
 //!
 //! Run with `RUSTFLAGS="--cfg singleflight_loom" cargo test --release --test loom_sync`.
 #![cfg(singleflight_loom)]
@@ -81,6 +82,49 @@ fn forget_races_a_finishing_flight() {
         // have joined, and no slot is left behind.
         assert!(first == 1 || first == 2);
         assert!(second == 1 || second == 2);
+        assert!(group.is_empty());
+    });
+}
+
+#[test]
+fn a_failed_flight_races_a_follower_under_retry_once() {
+    use singleflight::policy::ErrorPolicy;
+    loom::model(|| {
+        let group = Arc::new(
+            Group::<u8, Result<u8, u8>>::builder()
+                .failure_if(Result::is_err)
+                .error_policy(ErrorPolicy::RetryOnce)
+                .build(),
+        );
+        let executions = Arc::new(AtomicUsize::new(0));
+        let follower = {
+            let (group, executions) = (group.clone(), executions.clone());
+            thread::spawn(move || {
+                group
+                    .call(1, || {
+                        executions.fetch_add(1, Ordering::SeqCst);
+                        Ok(2)
+                    })
+                    .value
+            })
+        };
+        let mine = group
+            .call(1, || {
+                executions.fetch_add(1, Ordering::SeqCst);
+                Err(9)
+            })
+            .value;
+        let theirs = follower.join().unwrap();
+        let runs = executions.load(Ordering::SeqCst);
+        // The follower never gets the failure: it ran alone, led the retry,
+        // or led the flight we joined. We get our own failure only if our
+        // work ran.
+        assert_eq!(theirs, Ok(2));
+        match runs {
+            1 => assert_eq!(mine, Ok(2)),
+            2 => assert_eq!(mine, Err(9)),
+            _ => panic!("{runs} executions: a retry ran more than once"),
+        }
         assert!(group.is_empty());
     });
 }

@@ -152,10 +152,12 @@ impl SharedBody {
         let slot = lock(&self.wake_all.waiting).insert(None);
         Reader {
             body: Arc::clone(self),
-            next: 0,
-            read: 0,
-            slot,
-            done: false,
+            at: At {
+                next: 0,
+                read: 0,
+                slot,
+                done: false,
+            },
         }
     }
 }
@@ -176,9 +178,18 @@ impl fmt::Debug for SharedBody {
 /// One waiter's view of a [`SharedBody`].
 pub(crate) struct Reader {
     body: Arc<SharedBody>,
+    at: At,
+}
+
+/// Where a reader is.
+struct At {
+    /// The index of the next chunk it returns.
     next: u64,
+    /// The bytes it returned.
     read: u64,
+    /// Its slot in `WakeAll`.
     slot: usize,
+    /// It returned the end (or an error).
     done: bool,
 }
 
@@ -187,98 +198,111 @@ impl Reader {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        if self.done {
+        if self.at.done {
             return Poll::Ready(None);
         }
         let body = &*self.body;
-        let mut state = lock(&body.state);
-        if self.next < state.base {
-            self.done = true;
+        let state = lock(&body.state);
+        if self.at.next < state.base {
+            self.at.done = true;
             return Poll::Ready(Some(Err(Error::FellBehind {
                 max_buffer: body.max_buffer,
             })));
         }
-        let offset = usize::try_from(self.next - state.base).unwrap_or(usize::MAX);
+        let offset = usize::try_from(self.at.next - state.base).unwrap_or(usize::MAX);
         if let Some(chunk) = state.log.get(offset) {
             let chunk = chunk.clone();
-            self.next += 1;
-            self.read += chunk.len() as u64;
+            drop(state);
+            self.at.next += 1;
+            self.at.read += chunk.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        // At the end of the log: pull the next frame ourselves.
-        loop {
-            if let Some(end) = &state.end {
-                self.done = true;
-                return Poll::Ready(match end {
-                    End::Complete => None,
-                    End::Trailers(trailers) => Some(Ok(Frame::trailers(trailers.clone()))),
-                    End::Failed(source) => Some(Err(Error::Upstream(Arc::clone(source)))),
-                });
-            }
-            // Park before polling, so a wake from the upstream is never lost.
-            body.wake_all.park(self.slot, cx.waker());
-            let Some(source) = state.source.as_mut() else {
-                // Unreachable by the invariants (`end` is set when `source`
-                // goes); end cleanly rather than hang.
-                state.end = Some(End::Complete);
-                continue;
-            };
-            let mut upstream_cx = Context::from_waker(&body.waker);
-            let polled = Pin::new(source).poll_frame(&mut upstream_cx);
-            match polled {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    state.end = Some(End::Complete);
-                    state.source = None;
-                }
-                Poll::Ready(Some(Err(error))) => {
-                    state.end = Some(End::Failed(Arc::from(error)));
-                    state.source = None;
-                }
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(chunk) if chunk.is_empty() => continue,
-                    Ok(chunk) => {
-                        state.buffered += chunk.len();
-                        state.log.push_back(chunk.clone());
-                        while state.buffered > body.max_buffer && state.log.len() > 1 {
-                            if let Some(old) = state.log.pop_front() {
-                                state.buffered -= old.len();
-                                state.base += 1;
-                            }
-                        }
-                        drop(state);
-                        self.next += 1;
-                        self.read += chunk.len() as u64;
-                        body.wake_all.wake_parked();
-                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                    }
-                    Err(frame) => match frame.into_trailers() {
-                        Ok(trailers) => {
-                            state.end = Some(End::Trailers(trailers));
-                            state.source = None;
-                        }
-                        // Any other kind of frame is skipped.
-                        Err(_) => continue,
-                    },
-                },
-            }
-            // The body ended: wake the others (without our lock), then
-            // report the end from the top of the loop.
-            drop(state);
-            body.wake_all.wake_parked();
-            state = lock(&body.state);
-        }
+        pull(body, state, &mut self.at, cx)
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        self.done
+        self.at.done
     }
 
     pub(crate) fn size_hint(&self) -> SizeHint {
         match self.body.exact_len {
-            Some(len) => SizeHint::with_exact(len.saturating_sub(self.read)),
+            Some(len) => SizeHint::with_exact(len.saturating_sub(self.at.read)),
             None => SizeHint::default(),
         }
+    }
+}
+
+/// At the end of the log: pulls the next frame from the upstream, or
+/// reports the end. Out of line, so that reading what is already in the log
+/// stays short.
+#[inline(never)]
+fn pull<'a>(
+    body: &'a SharedBody,
+    mut state: MutexGuard<'a, State>,
+    at: &mut At,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    loop {
+        if let Some(end) = &state.end {
+            at.done = true;
+            return Poll::Ready(match end {
+                End::Complete => None,
+                End::Trailers(trailers) => Some(Ok(Frame::trailers(trailers.clone()))),
+                End::Failed(source) => Some(Err(Error::Upstream(Arc::clone(source)))),
+            });
+        }
+        // Park before polling, so a wake from the upstream is never lost.
+        body.wake_all.park(at.slot, cx.waker());
+        let Some(source) = state.source.as_mut() else {
+            // Unreachable by the invariants (`end` is set when `source`
+            // goes); end cleanly rather than hang.
+            state.end = Some(End::Complete);
+            continue;
+        };
+        let mut upstream_cx = Context::from_waker(&body.waker);
+        let polled = Pin::new(source).poll_frame(&mut upstream_cx);
+        match polled {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                state.end = Some(End::Complete);
+                state.source = None;
+            }
+            Poll::Ready(Some(Err(error))) => {
+                state.end = Some(End::Failed(Arc::from(error)));
+                state.source = None;
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(chunk) if chunk.is_empty() => continue,
+                Ok(chunk) => {
+                    state.buffered += chunk.len();
+                    state.log.push_back(chunk.clone());
+                    while state.buffered > body.max_buffer && state.log.len() > 1 {
+                        if let Some(old) = state.log.pop_front() {
+                            state.buffered -= old.len();
+                            state.base += 1;
+                        }
+                    }
+                    drop(state);
+                    at.next += 1;
+                    at.read += chunk.len() as u64;
+                    body.wake_all.wake_parked();
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => {
+                        state.end = Some(End::Trailers(trailers));
+                        state.source = None;
+                    }
+                    // Any other kind of frame is skipped.
+                    Err(_) => continue,
+                },
+            },
+        }
+        // The body ended: wake the others (without our lock), then
+        // report the end from the top of the loop.
+        drop(state);
+        body.wake_all.wake_parked();
+        state = lock(&body.state);
     }
 }
 
@@ -286,7 +310,7 @@ impl Drop for Reader {
     fn drop(&mut self) {
         let parked = {
             let mut waiting = lock(&self.body.wake_all.waiting);
-            waiting.try_remove(self.slot).flatten()
+            waiting.try_remove(self.at.slot).flatten()
         };
         // Dropped outside the lock: a waker's drop is user code.
         drop(parked);
@@ -296,9 +320,9 @@ impl Drop for Reader {
 impl fmt::Debug for Reader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reader")
-            .field("next", &self.next)
-            .field("read", &self.read)
-            .field("done", &self.done)
+            .field("next", &self.at.next)
+            .field("read", &self.at.read)
+            .field("done", &self.at.done)
             .finish_non_exhaustive()
     }
 }

@@ -16,7 +16,10 @@
 //!   instead, as a server writing to a socket does.
 //! - `not_coalesced/interleaved` and `one_key_256/interleaved` run the same
 //!   routines in rounds that take turns and print the median per-round
-//!   ratios: the numbers to quote on a busy machine.
+//!   ratios, which load from other processes hits alike. One process's
+//!   ratio still depends on its memory layout (the pass-through path is
+//!   mostly copies of 200-240 bytes, whose speed depends on the addresses):
+//!   quote the median over a few processes (see BENCHMARKS.md).
 //!
 //! ```text
 //! cargo bench -p singleflight-tower --bench coalesce -- --warm-up-time 1 --measurement-time 3

@@ -467,9 +467,7 @@ fn poll_coalesced<B: Body<Data = Bytes>>(
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
     match kind {
-        KindProj::Inner { body, map_err } => body
-            .poll_frame(cx)
-            .map(|frame| frame.map(|frame| frame.map_err(*map_err))),
+        KindProj::Inner { .. } => unreachable!("the inner body is polled in line"),
         KindProj::Boxed { body } => Pin::new(body)
             .poll_frame(cx)
             .map(|frame| frame.map(|frame| frame.map_err(Error::upstream))),

@@ -41,7 +41,7 @@ impl Coalescer for Ours {
         W: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = u64> + Send + 'static,
     {
-        let call = self.0.call(key, work);
+        let call = self.0.call_owned(key, work);
         async move { call.await.value }
     }
 }

@@ -112,10 +112,16 @@ fn interleaved_ratio(_: &mut Criterion) {
         .max_capacity(10_000)
         .time_to_live(Duration::from_secs(3600))
         .build();
+    let future_group = singleflight::future::Group::<u64, u64>::builder()
+        .memo_all(Duration::from_secs(3600))
+        .build();
     for k in 0..KEYS {
         bare.insert(k, k);
         group.call(k, || k);
         moka.insert(k, k);
+        future_group
+            .call(k, move || async move { k })
+            .now_or_never();
     }
     let time = |f: &mut dyn FnMut(u64)| {
         let start = std::time::Instant::now();
@@ -133,10 +139,16 @@ fn interleaved_ratio(_: &mut Criterion) {
     let mut moka_get = |k: u64| {
         black_box(moka.get(black_box(&k)));
     };
+    let mut async_hit = |k: u64| {
+        let call = future_group.call(black_box(k), || async { unreachable!("memo hit") });
+        black_box(call.now_or_never().map(|out| out.value));
+    };
     let mut mokas = Vec::with_capacity(PAIRS);
+    let mut asyncs = Vec::with_capacity(PAIRS);
     let mut pairs: Vec<(f64, f64)> = (0..PAIRS)
         .map(|i| {
             mokas.push(time(&mut moka_get));
+            asyncs.push(time(&mut async_hit));
             // Alternate which goes first, so neither always gets the warm cache.
             if i % 2 == 0 {
                 let b = time(&mut bare_get);
@@ -152,14 +164,18 @@ fn interleaved_ratio(_: &mut Criterion) {
         v[v.len() / 2]
     };
     let mut ratios: Vec<f64> = pairs.iter().map(|(b, m)| m / b).collect();
+    let mut async_ratios: Vec<f64> = pairs.iter().zip(&asyncs).map(|((b, _), a)| a / b).collect();
     let mut bares: Vec<f64> = pairs.iter().map(|p| p.0).collect();
     let mut memos: Vec<f64> = pairs.drain(..).map(|p| p.1).collect();
     println!(
         "memo_hit/interleaved: quick_cache_get {:.1} ns, sync_group_memo_hit {:.1} ns, \
-         median ratio {:.2}x over {PAIRS} pairs of {BATCH} ops; moka::sync get {:.1} ns",
+         median ratio {:.2}x over {PAIRS} pairs of {BATCH} ops; future_group_memo_hit {:.1} ns, \
+         median ratio {:.2}x; moka::sync get {:.1} ns",
         median(&mut bares),
         median(&mut memos),
         median(&mut ratios),
+        median(&mut asyncs),
+        median(&mut async_ratios),
         median(&mut mokas),
     );
 }

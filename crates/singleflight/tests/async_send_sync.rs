@@ -19,14 +19,23 @@ fn groups_are_send_and_sync() {
 }
 
 #[test]
-fn call_futures_are_send_and_static_when_key_value_and_work_are() {
+fn owned_call_futures_are_send_and_static_when_key_value_and_work_are() {
     let g = AsyncGroup::<String, Vec<u8>>::new();
-    let call: Call<_, _, _, _> = g.call("k".to_string(), || async { vec![1] });
+    let call: Call<'static, _, _, _, _> = g.call_owned("k".to_string(), || async { vec![1] });
     send(&call);
     is_static(&call);
-    let try_call: TryCall<_, _, _, _> = g.try_call("k".to_string(), || async { vec![1] });
+    let try_call: TryCall<'static, _, _, _, _> =
+        g.try_call_owned("k".to_string(), || async { vec![1] });
     send(&try_call);
     is_static(&try_call);
+}
+
+#[test]
+fn borrowed_call_futures_are_send() {
+    let g = AsyncGroup::<String, Vec<u8>>::new();
+    send(&g.call("k".to_string(), || async { vec![1] }));
+    send(&g.try_call("k".to_string(), || async { vec![1] }));
+    send(&g.call_checked("k".to_string(), || async { vec![1] }));
 }
 
 #[test]

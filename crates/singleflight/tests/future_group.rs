@@ -133,7 +133,7 @@ async fn herd_runs_the_work_once(exec: Exec, n: usize) {
         .map(|_| {
             let (group, probe, gate) = (group.clone(), probe.clone(), gate.clone());
             exec.spawn(joined(
-                group.call("key".into(), move || probe.work(gate)),
+                group.call_owned("key".into(), move || probe.work(gate)),
                 &tx,
             ))
         })
@@ -162,7 +162,7 @@ async fn leader_aborted_mid_flight_followers_get_the_value(exec: Exec) {
     let (abort_leader, leader) = {
         let (group, probe, gate) = (group.clone(), probe.clone(), gate.clone());
         exec.spawn_abortable(joined(
-            group.call("key".into(), move || probe.work(gate)),
+            group.call_owned("key".into(), move || probe.work(gate)),
             &tx,
         ))
     };
@@ -171,7 +171,7 @@ async fn leader_aborted_mid_flight_followers_get_the_value(exec: Exec) {
         .map(|_| {
             let group = group.clone();
             exec.spawn(joined(
-                group.call("key".into(), || async {
+                group.call_owned("key".into(), || async {
                     unreachable!("joined a running flight")
                 }),
                 &tx,
@@ -208,7 +208,7 @@ async fn every_caller_aborted_cancels_the_work_and_frees_the_key(exec: Exec) {
         .map(|_| {
             let (group, probe, gate) = (group.clone(), probe.clone(), gate.clone());
             exec.spawn_abortable(joined(
-                group.call("key".into(), move || probe.work(gate)),
+                group.call_owned("key".into(), move || probe.work(gate)),
                 &tx,
             ))
         })
@@ -237,7 +237,7 @@ async fn panic_with_followers_reaches_every_caller(exec: Exec) {
     let leader = {
         let group = group.clone();
         exec.spawn(joined(
-            AssertUnwindSafe(group.call("key".into(), move || async move {
+            AssertUnwindSafe(group.call_owned("key".into(), move || async move {
                 gate.await.unwrap();
                 panic!("upstream exploded")
             }))
@@ -249,7 +249,10 @@ async fn panic_with_followers_reaches_every_caller(exec: Exec) {
     let followers: Vec<_> = (0..FOLLOWERS)
         .map(|_| {
             let group = group.clone();
-            exec.spawn(joined(group.try_call("key".into(), || async { 0 }), &tx))
+            exec.spawn(joined(
+                group.try_call_owned("key".into(), || async { 0 }),
+                &tx,
+            ))
         })
         .collect();
     until_joined(&mut rx, FOLLOWERS).await;
@@ -275,7 +278,7 @@ async fn thousand_cancelled_calls_leave_the_group_empty(exec: Exec) {
         .map(|i| {
             let (group, probe, gate) = (group.clone(), probe.clone(), gate.clone());
             exec.spawn_abortable(joined(
-                group.call(format!("key-{}", i % 10), move || probe.work(gate)),
+                group.call_owned(format!("key-{}", i % 10), move || probe.work(gate)),
                 &tx,
             ))
         })
@@ -306,17 +309,20 @@ async fn forget_mid_flight_gives_waiters_the_old_value_and_newcomers_a_new_fligh
     let old_leader = {
         let (group, probe) = (group.clone(), probe.clone());
         exec.spawn(joined(
-            group.call("key".into(), move || probe.work(old_gate)),
+            group.call_owned("key".into(), move || probe.work(old_gate)),
             &tx,
         ))
     };
-    let old_follower = exec.spawn(joined(group.call("key".into(), || async { "never" }), &tx));
+    let old_follower = exec.spawn(joined(
+        group.call_owned("key".into(), || async { "never" }),
+        &tx,
+    ));
     until_joined(&mut rx, 2).await;
     assert!(group.forget("key"));
     let new_leader = {
         let (group, probe) = (group.clone(), probe.clone());
         exec.spawn(joined(
-            group.call("key".into(), move || probe.work(new_gate)),
+            group.call_owned("key".into(), move || probe.work(new_gate)),
             &tx,
         ))
     };
@@ -329,7 +335,10 @@ async fn forget_mid_flight_gives_waiters_the_old_value_and_newcomers_a_new_fligh
         group.contains("key"),
         "the old flight removed only its own entry"
     );
-    let late = exec.spawn(joined(group.call("key".into(), || async { "third" }), &tx));
+    let late = exec.spawn(joined(
+        group.call_owned("key".into(), || async { "third" }),
+        &tx,
+    ));
     until_joined(&mut rx, 1).await;
     new_open.send("new").unwrap();
     assert_eq!(new_leader.await.value, "new");
@@ -344,12 +353,12 @@ async fn different_keys_run_in_parallel_and_work_may_call_another_key(exec: Exec
     // "a" waits for "b" to have started, and "b" for "a": serialised keys would hang.
     let (a_started, a_seen) = oneshot::channel::<()>();
     let (b_started, b_seen) = oneshot::channel::<()>();
-    let a = exec.spawn(group.call("a", move || async move {
+    let a = exec.spawn(group.call_owned("a", move || async move {
         a_started.send(()).unwrap();
         b_seen.await.unwrap();
         1
     }));
-    let b = exec.spawn(group.call("b", move || async move {
+    let b = exec.spawn(group.call_owned("b", move || async move {
         b_started.send(()).unwrap();
         a_seen.await.unwrap();
         2
@@ -370,7 +379,7 @@ async fn the_leader_alone_is_not_shared_and_make_runs_only_for_the_leader(exec: 
     let makes = Arc::new(AtomicUsize::new(0));
     let out = {
         let makes = makes.clone();
-        exec.spawn(group.call("k".into(), move || {
+        exec.spawn(group.call_owned("k".into(), move || {
             makes.fetch_add(1, Ordering::SeqCst);
             async { 1 }
         }))

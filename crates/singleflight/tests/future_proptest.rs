@@ -78,7 +78,7 @@ impl Wake for Flag {
     }
 }
 
-type Call = TryCall<u8, u64, std::collections::hash_map::RandomState, Make>;
+type Call = TryCall<'static, u8, u64, std::collections::hash_map::RandomState, Make>;
 
 struct Caller {
     key: u8,
@@ -154,7 +154,7 @@ impl Harness {
                 _dropped: DropCount(drops),
             }
         });
-        let call = Box::pin(self.group.try_call(key, make));
+        let call = Box::pin(self.group.try_call_owned(key, make));
         let index = self.callers.len();
         self.callers.push(Some(Caller {
             key,

@@ -155,7 +155,7 @@ fn last_caller_leaves_while_a_new_caller_joins() {
         let counts = Arc::new(Counts::default());
         // A pending flight with one caller, dropped on another thread while a
         // new caller arrives here and a third thread opens the gate.
-        let mut first = Box::pin(group.call(1, gated_work(gate.clone(), counts.clone(), 8)));
+        let mut first = Box::pin(group.call_owned(1, gated_work(gate.clone(), counts.clone(), 8)));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(first.as_mut().poll(&mut cx).is_pending());
         let dropper = thread::spawn(move || drop(first));

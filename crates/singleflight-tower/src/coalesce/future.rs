@@ -20,7 +20,7 @@ use super::error::BoxError;
 use super::flight::{Failure, Flown, Make, Slot, mark};
 use super::service::{Counters, Shared};
 
-type Call<S, ReqBody> = TryCall<String, Flown, RandomState, Make<S, ReqBody>>;
+type Call<S, ReqBody> = TryCall<'static, String, Flown, RandomState, Make<S, ReqBody>>;
 
 pin_project! {
     /// The response future of [`Coalesce`](super::Coalesce).

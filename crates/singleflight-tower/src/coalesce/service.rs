@@ -491,7 +491,7 @@ impl<S> Coalesce<S> {
             move || Work::start(shared, &slot, id, resource)
         });
         let memo_key = self.shared.config.memo_ttl.is_some().then(|| key.clone());
-        let call = self.shared.group.try_call(key, make);
+        let call = self.shared.group.try_call_owned(key, make);
         ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), memo_key)
     }
 }

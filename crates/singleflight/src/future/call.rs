@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::mem;
+use std::ops::Deref;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc as StdArc;
@@ -17,6 +18,28 @@ use crate::loom::sync::Arc;
 use crate::policy::{MetricEvent as Event, MetricGauge as Gauge};
 use crate::settle::received;
 use crate::{Error, Outcome, Panicked, Source};
+
+/// How a call reaches its group: borrowed from the caller's [`Group`]
+/// (`call`), which costs nothing, or owned (`call_owned`), one reference
+/// count, for a future that must be `'static`.
+///
+/// [`Group`]: super::Group
+pub(crate) enum Handle<'a, K, T, S> {
+    Borrowed(&'a StdArc<Inner<K, T, S>>),
+    Owned(StdArc<Inner<K, T, S>>),
+}
+
+impl<K, T, S> Deref for Handle<'_, K, T, S> {
+    type Target = StdArc<Inner<K, T, S>>;
+
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Borrowed(inner) => inner,
+            Self::Owned(inner) => inner,
+        }
+    }
+}
 
 /// The work of a flight, owned by the caller that drives it.
 pub(crate) struct Lead<T> {
@@ -95,18 +118,18 @@ enum Step<K, T, F> {
 ///
 /// See [`Group::call`](super::Group::call) for cancel safety.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct TryCall<K, T, S, F>
+pub struct TryCall<'a, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    inner: StdArc<Inner<K, T, S>>,
+    inner: Handle<'a, K, T, S>,
     step: Step<K, T, F>,
 }
 
 // Nothing of a `TryCall` is ever pinned in place: the work is boxed.
-impl<K, T, S, F> Unpin for TryCall<K, T, S, F>
+impl<K, T, S, F> Unpin for TryCall<'_, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -114,7 +137,7 @@ where
 {
 }
 
-impl<K, T, S, F, Fut> TryCall<K, T, S, F>
+impl<'a, K, T, S, F, Fut> TryCall<'a, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -122,7 +145,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = T> + Send + 'static,
 {
-    pub(crate) fn new(inner: StdArc<Inner<K, T, S>>, key: K, make: F) -> Self {
+    pub(crate) fn new(inner: Handle<'a, K, T, S>, key: K, make: F) -> Self {
         Self {
             inner,
             step: Step::Start { key, make },
@@ -130,7 +153,7 @@ where
     }
 }
 
-impl<K, T, S, F, Fut> TryCall<K, T, S, F>
+impl<'a, K, T, S, F, Fut> TryCall<'a, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -248,7 +271,7 @@ fn poll_caught<T>(work: &mut Work<T>, cx: &mut Context<'_>) -> Poll<std::thread:
     }
 }
 
-impl<K, T, S, F, Fut> Future for TryCall<K, T, S, F>
+impl<K, T, S, F, Fut> Future for TryCall<'_, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -270,7 +293,7 @@ where
     }
 }
 
-impl<K, T, S, F> Drop for TryCall<K, T, S, F>
+impl<K, T, S, F> Drop for TryCall<'_, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -289,7 +312,7 @@ where
     }
 }
 
-impl<K, T, S, F> fmt::Debug for TryCall<K, T, S, F>
+impl<K, T, S, F> fmt::Debug for TryCall<'_, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -310,27 +333,27 @@ where
 /// The future [`Group::call`](super::Group::call) returns: the flight's
 /// [`Outcome`]; re-raises a panic of the work.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct Call<K, T, S, F>
+pub struct Call<'a, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    inner: TryCall<K, T, S, F>,
+    inner: TryCall<'a, K, T, S, F>,
 }
 
-impl<K, T, S, F> Call<K, T, S, F>
+impl<'a, K, T, S, F> Call<'a, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    pub(crate) fn new(inner: TryCall<K, T, S, F>) -> Self {
+    pub(crate) fn new(inner: TryCall<'a, K, T, S, F>) -> Self {
         Self { inner }
     }
 }
 
-impl<K, T, S, F, Fut> Future for Call<K, T, S, F>
+impl<K, T, S, F, Fut> Future for Call<'_, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -348,7 +371,7 @@ where
     }
 }
 
-impl<K, T, S, F> fmt::Debug for Call<K, T, S, F>
+impl<K, T, S, F> fmt::Debug for Call<'_, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,

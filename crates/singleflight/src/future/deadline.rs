@@ -14,27 +14,27 @@ use crate::{Error, Outcome};
 
 /// The future [`Group::call_checked`](super::Group::call_checked) returns.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct Checked<K, T, S, F>
+pub struct Checked<'a, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    call: TryCall<K, T, S, F>,
+    call: TryCall<'a, K, T, S, F>,
 }
 
-impl<K, T, S, F> Checked<K, T, S, F>
+impl<'a, K, T, S, F> Checked<'a, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    pub(crate) fn new(call: TryCall<K, T, S, F>) -> Self {
+    pub(crate) fn new(call: TryCall<'a, K, T, S, F>) -> Self {
         Self { call }
     }
 }
 
-impl<K, T, S, F, Fut> Future for Checked<K, T, S, F>
+impl<K, T, S, F, Fut> Future for Checked<'_, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -49,7 +49,7 @@ where
     }
 }
 
-impl<K, T, S, F> fmt::Debug for Checked<K, T, S, F>
+impl<K, T, S, F> fmt::Debug for Checked<'_, K, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -65,7 +65,7 @@ pin_project_lite::pin_project! {
     /// `call_with_timeout` return: the call, or [`Error::Timeout`] when the
     /// deadline `D` completes first.
     #[must_use = "futures do nothing unless you `.await` or poll them"]
-    pub struct Until<K, T, S, F, D>
+    pub struct Until<'a, K, T, S, F, D>
     where
         K: Hash,
         K: Eq,
@@ -81,19 +81,19 @@ pin_project_lite::pin_project! {
         S: Sync,
         S: 'static,
     {
-        call: Option<TryCall<K, T, S, F>>,
+        call: Option<TryCall<'a, K, T, S, F>>,
         #[pin]
         deadline: D,
     }
 }
 
-impl<K, T, S, F, D> Until<K, T, S, F, D>
+impl<'a, K, T, S, F, D> Until<'a, K, T, S, F, D>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    pub(crate) fn new(call: TryCall<K, T, S, F>, deadline: D) -> Self {
+    pub(crate) fn new(call: TryCall<'a, K, T, S, F>, deadline: D) -> Self {
         Self {
             call: Some(call),
             deadline,
@@ -101,7 +101,7 @@ where
     }
 }
 
-impl<K, T, S, F, Fut, D> Future for Until<K, T, S, F, D>
+impl<K, T, S, F, Fut, D> Future for Until<'_, K, T, S, F, D>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,
@@ -132,7 +132,7 @@ where
     }
 }
 
-impl<K, T, S, F, D> fmt::Debug for Until<K, T, S, F, D>
+impl<K, T, S, F, D> fmt::Debug for Until<'_, K, T, S, F, D>
 where
     K: Hash + Eq + Send + Sync + 'static,
     T: Clone + Send + Sync + 'static,

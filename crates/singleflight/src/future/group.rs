@@ -15,7 +15,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc as StdArc;
 
-use super::call::{Call, Lead, TryCall};
+use super::call::{Call, Handle, Lead, TryCall};
 use super::flight::{Flight, Work};
 use super::spawn::{Detached, Spawn};
 use crate::loom::lock;
@@ -192,12 +192,41 @@ where
     ///
     /// Awaiting a call for the *same* key from inside the work never
     /// completes, as it waits for itself.
-    pub fn call<F, Fut>(&self, key: K, make: F) -> Call<K, T, S, F>
+    ///
+    /// The future borrows the group; to spawn it, or keep it where a
+    /// borrow cannot go, use [`Group::call_owned`].
+    pub fn call<F, Fut>(&self, key: K, make: F) -> Call<'_, K, T, S, F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
         Call::new(self.try_call(key, make))
+    }
+
+    /// Like [`Group::call`], in a future that holds a reference count of
+    /// the group instead of borrowing it: it is `'static` (when `K`, `T`,
+    /// `S` and `F` are) and can be spawned. It costs two atomic operations
+    /// more than `call`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "tokio")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = singleflight::future::Group::<&str, u16>::new();
+    /// let task = tokio::spawn(group.call_owned("status", || async { 200 }));
+    /// assert_eq!(task.await.unwrap().value, 200);
+    /// # }
+    /// # #[cfg(not(feature = "tokio"))]
+    /// # fn main() {}
+    /// ```
+    pub fn call_owned<F, Fut>(&self, key: K, make: F) -> Call<'static, K, T, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        Call::new(self.try_call_owned(key, make))
     }
 
     /// Like [`Group::call`], but a panic in the work is returned as
@@ -216,12 +245,33 @@ where
     /// # Cancel safety
     ///
     /// As for [`Group::call`].
-    pub fn try_call<F, Fut>(&self, key: K, make: F) -> TryCall<K, T, S, F>
+    pub fn try_call<F, Fut>(&self, key: K, make: F) -> TryCall<'_, K, T, S, F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
-        TryCall::new(StdArc::clone(&self.inner), key, make)
+        TryCall::new(Handle::Borrowed(&self.inner), key, make)
+    }
+
+    /// Like [`Group::try_call`], in a `'static` future (see
+    /// [`Group::call_owned`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let group = singleflight::future::Group::<u8, u8>::new();
+    /// let call = group.try_call_owned(1, || async { 2 });
+    /// drop(group); // the call holds the group
+    /// assert_eq!(call.await.unwrap().value, 2);
+    /// # });
+    /// ```
+    pub fn try_call_owned<F, Fut>(&self, key: K, make: F) -> TryCall<'static, K, T, S, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        TryCall::new(Handle::Owned(StdArc::clone(&self.inner)), key, make)
     }
 
     /// Forgets the flight in progress for `key`, if any: callers already

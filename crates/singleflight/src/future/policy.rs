@@ -73,7 +73,7 @@ where
     /// # Panics
     ///
     /// Only if `T::clone` panics, for the caller whose clone it was.
-    pub fn call_checked<F, Fut>(&self, key: K, make: F) -> Checked<K, T, S, F>
+    pub fn call_checked<F, Fut>(&self, key: K, make: F) -> Checked<'_, K, T, S, F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
@@ -108,7 +108,7 @@ where
     /// # Panics
     ///
     /// Only if `T::clone` panics, for the caller whose clone it was.
-    pub fn call_until<F, Fut, D>(&self, key: K, make: F, deadline: D) -> Until<K, T, S, F, D>
+    pub fn call_until<F, Fut, D>(&self, key: K, make: F, deadline: D) -> Until<'_, K, T, S, F, D>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
@@ -145,7 +145,7 @@ where
         key: K,
         timeout: Duration,
         make: F,
-    ) -> Until<K, T, S, F, tokio::time::Sleep>
+    ) -> Until<'_, K, T, S, F, tokio::time::Sleep>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,

@@ -16,12 +16,15 @@ use super::tick::Ticket;
 /// Without one, a group's memo reads a clock that a thread of the process
 /// (`singleflight-clock`, one for all groups) keeps in an atomic: one load
 /// per hit instead of ~25 ns for `Instant::now()`. The thread ticks only
-/// while a group with a memo on this clock is alive, every 2% of the
-/// shortest of that group's TTL, negative TTL and grace, within 1 to 100 ms;
-/// so a value may be served up to that much past its TTL (more if the
-/// thread is kept off the CPU). Pass [`SystemClock`] for exact expiry at
-/// ~25 ns per hit, [`ManualClock`] or `TokioClock` (under a paused tokio
-/// runtime) to drive it in tests.
+/// while a group with a memo on this clock is alive, as often as the most
+/// demanding of them asks: 2% of its shortest span (TTL, negative TTL,
+/// grace), within 1 to 100 ms; so a value may be served up to that much
+/// past its TTL (more if the thread is kept off the CPU). Like every
+/// thread, it does not survive `fork()`: a child process that uses memos
+/// must build its groups with a clock of its own ([`SystemClock`]). Pass
+/// [`SystemClock`] for exact expiry at ~25 ns
+/// per hit, [`ManualClock`] or `TokioClock` (under a paused tokio runtime)
+/// to drive it in tests.
 ///
 /// # Examples
 ///

@@ -41,8 +41,9 @@
 //!
 //! - `tokio`: [`future::TokioSpawner`], to run detached flights on a tokio
 //!   runtime, `call_with_timeout` on the async group, and
-//!   [`policy::TokioClock`] (the async group's default clock then, so tests
-//!   can pause time). Without it no async runtime is pulled in.
+//!   [`policy::TokioClock`], a memo clock that follows tokio's time, so that
+//!   tests can pause and advance it. Without it no async runtime is pulled
+//!   in.
 //! - `metrics`: a group built with `.metrics(name)` also reports its counters
 //!   through the [`metrics`](https://docs.rs/metrics) facade. Without it,
 //!   `stats()` still works.

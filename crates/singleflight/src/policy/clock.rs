@@ -67,8 +67,8 @@ impl Clock for SystemClock {
 }
 
 /// tokio's clock (`tokio::time::Instant::now()`), which tests can pause and
-/// advance with `tokio::time::pause` / `advance`. The async group's default
-/// when the `tokio` feature is on.
+/// advance with `tokio::time::pause` / `advance`; pass it to a builder's
+/// `clock` (it is never a default).
 ///
 /// # Examples
 ///

@@ -19,9 +19,7 @@ fn load_opts(args: &[&str]) -> load::LoadOpts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_of_the_budget_is_sent_and_counted_by_status() {
-    let ok = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
-        .await
-        .unwrap();
+    let ok = upstream_after("0").await;
     let failing = upstream::start(&upstream_opts(&[
         "--listen",
         "127.0.0.1:0",
@@ -62,9 +60,7 @@ async fn every_request_of_the_budget_is_sent_and_counted_by_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_gone_counts_as_errors_not_a_crash() {
-    let gone = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
-        .await
-        .unwrap();
+    let gone = upstream_after("0").await;
     let url = format!("{}/x", gone.url());
     gone.shutdown(Duration::from_secs(2)).await;
     let reports = load::run(&load_opts(&[&url, "-n", "5", "-c", "2", "--json"]))

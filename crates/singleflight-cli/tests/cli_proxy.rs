@@ -53,14 +53,7 @@ async fn post(url: &str, body: &'static [u8]) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_gets_makes_one_upstream_request_and_posts_are_never_coalesced() {
     // A long upstream delay gives the whole burst time to join the first request's flight.
-    let up = upstream::start(&upstream_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--delay",
-        "1s",
-    ]))
-    .await
-    .unwrap();
+    let up = upstream_after("1s").await;
     let proxy = start(&up, &[]).await;
     let client = client();
     let url = format!("{}/report?id=7", proxy.url());
@@ -135,14 +128,7 @@ async fn futures_join<F: std::future::Future<Output = u16> + Send + 'static>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memo_ttl_answers_later_requests_from_the_kept_response() {
-    let up = upstream::start(&upstream_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--delay",
-        "10ms",
-    ]))
-    .await
-    .unwrap();
+    let up = upstream_after("10ms").await;
     let proxy = start(&up, &["--memo-ttl", "60s", "--stale", "10s"]).await;
     let client = client();
     let url = format!("{}/report?id=9", proxy.url());
@@ -167,9 +153,7 @@ async fn memo_ttl_answers_later_requests_from_the_kept_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_is_413_and_not_sent() {
-    let up = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
-        .await
-        .unwrap();
+    let up = upstream_after("0").await;
     let proxy = start(&up, &["--max-body-bytes", "4"]).await;
     assert_eq!(post(&format!("{}/x", proxy.url()), b"too long").await, 413);
     assert_eq!(post(&format!("{}/x", proxy.url()), b"ok").await, 200);
@@ -180,9 +164,7 @@ async fn a_body_over_the_limit_is_413_and_not_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_gone_at_run_time_is_a_502() {
-    let up = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
-        .await
-        .unwrap();
+    let up = upstream_after("0").await;
     let proxy = start(&up, &[]).await;
     up.shutdown(Duration::from_secs(2)).await;
     let (status, _, body) = get(&client(), &format!("{}/x", proxy.url())).await;
@@ -192,14 +174,7 @@ async fn an_upstream_gone_at_run_time_is_a_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_completes_a_request_in_flight() {
-    let up = upstream::start(&upstream_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--delay",
-        "300ms",
-    ]))
-    .await
-    .unwrap();
+    let up = upstream_after("300ms").await;
     let mut arrivals = up.arrivals();
     let proxy = start(&up, &[]).await;
     let url = format!("{}/slow", proxy.url());
@@ -238,14 +213,7 @@ fn flags_override_the_config_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_wait_answers_504_to_a_request_that_waited_too_long() {
-    let up = upstream::start(&upstream_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--delay",
-        "500ms",
-    ]))
-    .await
-    .unwrap();
+    let up = upstream_after("500ms").await;
     let mut arrivals = up.arrivals();
     let patient = start(&up, &[]).await;
     let hasty = start(&up, &["--max-wait", "50ms"]).await;
@@ -264,9 +232,7 @@ async fn max_wait_answers_504_to_a_request_that_waited_too_long() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_over_the_limit_is_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
-        .await
-        .unwrap();
+    let up = upstream_after("0").await;
     let proxy = start(&up, &["--max-header-bytes", "8192"]).await;
     let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
         .await

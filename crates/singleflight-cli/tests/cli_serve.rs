@@ -5,28 +5,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use singleflight_cli::{serve, upstream};
+use singleflight_cli::serve;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normal_calls_the_upstream_once_per_request() {
-    let up = upstream::start(&upstream_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--delay",
-        "100ms",
-    ]))
-    .await
-    .unwrap();
+    let up = upstream_after("100ms").await;
     let upstream_url = format!("{}/status", up.url());
-    let running = serve::start(&serve_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream_url,
-        "--quiet",
-    ]))
-    .await
-    .unwrap();
+    let running = serve_in_front_of(&upstream_url).await;
     let client = client();
     let url = format!("{}/normal", running.server.url());
     let requests = 6;
@@ -53,24 +38,9 @@ async fn normal_calls_the_upstream_once_per_request() {
 async fn singleflight_calls_the_upstream_once_per_overlapping_burst() {
     // A long upstream delay gives every request of a burst time to arrive
     // while the first one's call is under way.
-    let up = upstream::start(&upstream_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--delay",
-        "1s",
-    ]))
-    .await
-    .unwrap();
+    let up = upstream_after("1s").await;
     let upstream_url = format!("{}/status", up.url());
-    let running = serve::start(&serve_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream_url,
-        "--quiet",
-    ]))
-    .await
-    .unwrap();
+    let running = serve_in_front_of(&upstream_url).await;
     let client = client();
     let url = format!("{}/singleflight", running.server.url());
     for burst in 1..=2u64 {
@@ -130,19 +100,9 @@ async fn serve_without_upstream_starts_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_gone_at_run_time_is_a_502_per_request() {
-    let up = upstream::start(&upstream_opts(&["--listen", "127.0.0.1:0", "--delay", "0"]))
-        .await
-        .unwrap();
+    let up = upstream_after("0").await;
     let upstream_url = format!("{}/status", up.url());
-    let running = serve::start(&serve_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream_url,
-        "--quiet",
-    ]))
-    .await
-    .unwrap();
+    let running = serve_in_front_of(&upstream_url).await;
     up.shutdown(Duration::from_secs(2)).await;
     let client = client();
     for endpoint in ["/normal", "/singleflight", "/normal"] {
@@ -155,25 +115,10 @@ async fn upstream_gone_at_run_time_is_a_502_per_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_completes_a_request_in_flight() {
-    let up = upstream::start(&upstream_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--delay",
-        "300ms",
-    ]))
-    .await
-    .unwrap();
+    let up = upstream_after("300ms").await;
     let mut arrivals = up.arrivals();
     let upstream_url = format!("{}/status", up.url());
-    let running = serve::start(&serve_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream_url,
-        "--quiet",
-    ]))
-    .await
-    .unwrap();
+    let running = serve_in_front_of(&upstream_url).await;
     let url = format!("{}/normal", running.server.url());
     let client = client();
     let in_flight = tokio::spawn(async move { get(&client, &url).await });

@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use singleflight_cli::upstream;
 
 fn listening_url(line: &str) -> Option<String> {
     let start = line.find("listening on http://")? + "listening on ".len();
@@ -18,14 +17,7 @@ fn listening_url(line: &str) -> Option<String> {
 }
 
 async fn sigterm_finishes_the_request_in_flight(subcommand: &str, path: &str) {
-    let up = upstream::start(&upstream_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--delay",
-        "300ms",
-    ]))
-    .await
-    .unwrap();
+    let up = upstream_after("300ms").await;
     let mut arrivals = up.arrivals();
     let upstream_url = format!("{}/status", up.url());
     let mut child = Command::new(env!("CARGO_BIN_EXE_singleflight"))

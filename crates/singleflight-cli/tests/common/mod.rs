@@ -43,6 +43,32 @@ pub fn upstream_opts(args: &[&str]) -> upstream::UpstreamOpts {
     }
 }
 
+/// The embedded upstream on a free loopback port, answering after `delay`
+/// (a duration as the command line takes it).
+pub async fn upstream_after(delay: &str) -> upstream::Running {
+    upstream::start(&upstream_opts(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--delay",
+        delay,
+    ]))
+    .await
+    .unwrap()
+}
+
+/// `serve` on a free loopback port, in front of `upstream_url`, quiet.
+pub async fn serve_in_front_of(upstream_url: &str) -> serve::Running {
+    serve::start(&serve_opts(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream_url,
+        "--quiet",
+    ]))
+    .await
+    .unwrap()
+}
+
 /// `serve` options from argv.
 pub fn serve_opts(args: &[&str]) -> serve::ServeOpts {
     let argv = ["singleflight", "serve"].iter().chain(args);

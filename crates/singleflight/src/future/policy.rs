@@ -342,14 +342,7 @@ where
                 return Ok(Outcome::new(value, true));
             }
         }
-        let slot = table.remove(hash, id);
-        let (flight, leftover) = p.end_slot(slot, ending);
-        drop(table);
-        drop(leftover);
-        p.gauge(Gauge::Flights, -1);
-        if result.is_err() {
-            p.count(Event::Panic);
-        }
+        let flight = p.close(table, hash, id, ending, result.is_err());
         settle(result, flight.as_deref())
     }
 }

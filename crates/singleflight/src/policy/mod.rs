@@ -33,6 +33,7 @@ mod tick;
 
 use std::fmt;
 use std::hash::Hash;
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,9 +44,9 @@ pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{METRIC_NAMES, Stats};
 
-use crate::table::Slot;
+use crate::table::Table;
 use crate::{Outcome, Source};
-use memo::{Dropped, Lookup, Memo};
+use memo::{Lookup, Memo};
 use metrics::{Event, Gauge, Metrics};
 
 /// What a caller does when the key's flight already has the group's maximum
@@ -363,16 +364,6 @@ pub(crate) struct Ending<T> {
     copy: Option<(T, u64)>,
 }
 
-/// What ending a flight took out of the table and the memo, to be dropped by
-/// the caller once the table lock is released: user `Drop` code never runs
-/// under it.
-#[must_use = "dropped after the table lock is released"]
-pub(crate) struct Leftover<K, T> {
-    _evicted: Dropped<K, T>,
-    _copy: Option<(T, u64)>,
-    _key: Option<K>,
-}
-
 impl<K: Hash + Eq, T: Clone> Policies<K, T> {
     /// Classifies a flight's result and copies it for the memo. Call before
     /// taking the table lock: user `Clone` never runs under it, and a
@@ -390,35 +381,42 @@ impl<K: Hash + Eq, T: Clone> Policies<K, T> {
         Ending { failure, copy }
     }
 
-    /// Ends the flight whose slot was just removed from the table (if it was
-    /// still there), with the table lock held: writes its result into the
-    /// memo unless the flight was forgotten. Returns the slot's flight, and
-    /// what to drop once the lock is released.
-    pub(crate) fn end_slot<F>(
+    /// Ends flight `id` under the table lock `table` holds: removes its
+    /// slot (if still there) and writes its result into the memo unless the
+    /// flight was forgotten; then releases the lock, drops what was taken
+    /// out (user `Drop` code never runs under the lock) and counts the
+    /// flight's end. Returns the slot's flight.
+    pub(crate) fn close<F>(
         &self,
-        slot: Option<Slot<K, F>>,
+        mut table: impl DerefMut<Target = Table<K, F>>,
+        hash: u64,
+        id: u64,
         ending: Ending<T>,
-    ) -> (Option<F>, Leftover<K, T>) {
-        let mut leftover = Leftover {
-            _evicted: Vec::new(),
-            _copy: None,
-            _key: None,
-        };
-        let Some(slot) = slot else {
-            leftover._copy = ending.copy;
-            return (None, leftover);
-        };
-        let forgotten = slot.is_forgotten();
-        match (&self.memo, ending.copy) {
-            (Some(memo), Some((value, now))) if !forgotten => {
-                leftover._evicted = memo.store(slot.key, value, ending.failure, now);
+        panicked: bool,
+    ) -> Option<F> {
+        let mut evicted = Vec::new();
+        let mut spare_key = None;
+        let mut spare_copy = ending.copy;
+        let flight = table.remove(hash, id).and_then(|slot| {
+            let forgotten = slot.is_forgotten();
+            match (&self.memo, spare_copy.take()) {
+                (Some(memo), Some((value, now))) if !forgotten => {
+                    evicted = memo.store(slot.key, value, ending.failure, now);
+                }
+                (_, copy) => {
+                    spare_copy = copy;
+                    spare_key = Some(slot.key);
+                }
             }
-            (_, copy) => {
-                leftover._copy = copy;
-                leftover._key = Some(slot.key);
-            }
+            slot.flight
+        });
+        drop(table);
+        drop((evicted, spare_copy, spare_key));
+        self.gauge(Gauge::Flights, -1);
+        if panicked {
+            self.count(Event::Panic);
         }
-        (slot.flight, leftover)
+        flight
     }
 }
 

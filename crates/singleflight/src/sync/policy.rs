@@ -322,14 +322,7 @@ where
             let value = result.unwrap_or_else(|_| unreachable!("a failure is a value"));
             return Ok(Outcome::new(value, true));
         }
-        let slot = table.remove(hash, id);
-        let (flight, leftover) = p.end_slot(slot, ending);
-        drop(table);
-        drop(leftover);
-        p.gauge(Gauge::Flights, -1);
-        if result.is_err() {
-            p.count(Event::Panic);
-        }
+        let flight = p.close(table, hash, id, ending, result.is_err());
         let outcome = settle(result, flight.as_deref());
         if outcome.as_ref().is_ok_and(|o| o.shared) {
             p.count(Event::Shared);

@@ -150,7 +150,6 @@ impl fmt::Debug for ManualClock {
 /// process's ticking clock (see `tick`), read with one atomic load, where a
 /// clock read would cost as much as the rest of a memo hit; or a [`Clock`]
 /// the builder was given.
-#[derive(Clone)]
 pub(crate) enum Time {
     /// The ticking clock, in nanoseconds from its base; its resolution is
     /// the period the ticket asked for.

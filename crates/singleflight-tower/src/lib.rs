@@ -16,23 +16,29 @@
 //!
 //! # How the body is shared
 //!
-//! The flight's value is the response head and one shared body. No task is
-//! spawned: whichever waiter's body is polled at the end of what has arrived
+//! A flight lasts until its body ends, not only until its head arrives:
+//! every request for the key until then joins it and reads the body from
+//! the first byte, what has arrived at once and the rest as it comes. No
+//! task is spawned: whichever reader is at the end of what has arrived
 //! pulls the next chunk from the upstream (under a lock held only for that
-//! non-blocking poll), appends it to a log every waiter reads at its own
+//! non-blocking poll), appends it to a log every reader reads at its own
 //! pace, and wakes the others. The upstream is polled with a waker that
-//! wakes every waiting reader, so a waiter that stalls or goes away never
-//! holds the others up, and the upstream is only read as fast as the
-//! fastest waiter reads.
+//! wakes every waiting reader, so a reader that stalls or goes away never
+//! holds the others up, and the upstream is read as fast as the fastest
+//! reader reads.
 //!
-//! The log keeps up to [`CoalesceLayer::max_buffer`] bytes (4 MiB by
-//! default): a body no longer than that reaches every waiter whole however
-//! slow it is; past it, a waiter that falls further behind than that fails
-//! with [`Error::FellBehind`] and its client sees an aborted response. An
-//! upstream failure mid-body is an [`Error::Upstream`] for every waiter, after
-//! the bytes that came before it. No waiter ever gets a short body that looks
-//! whole.
-//!
+//! The newest [`CoalesceLayer::body_window`] bytes (4 MiB by default) stay
+//! in memory. Older bytes go to an unlinked spill file
+//! ([`CoalesceLayer::spill_dir`]), up to [`CoalesceLayer::spill_max`] bytes
+//! (1 GiB by default): a reader that falls behind, or joins late, reads
+//! them from there, and nobody waits for it. So memory per flight is
+//! bounded by the window whatever the body's size and the number of
+//! readers, and no reader is failed for being slow. Only past the spill cap
+//! does a reader that is behind fail, with [`Error::FellBehind`]. An
+//! upstream failure mid-body is an [`Error::Upstream`] for every reader,
+//! after the bytes that came before it. No reader ever gets a short body
+//! that looks whole: a server forwarding the body aborts the response.
+
 //! # Examples
 //!
 //! With axum (see `examples/axum.rs` for a whole server):
@@ -47,9 +53,23 @@
 //! # drop(app);
 //! ```
 
-mod coalesce;
+mod body;
+mod config;
+mod error;
+mod flight;
+mod flown;
+mod future;
+mod layer;
+mod rules;
+mod service;
+mod state;
 
-pub use coalesce::{
-    BoxError, Coalesce, CoalesceLayer, CoalescedBody, DEFAULT_BYPASS_HEADER, DEFAULT_SHARED_HEADER,
-    Error, ResponseFuture, Stats,
+pub use body::CoalescedBody;
+pub use config::{
+    DEFAULT_BODY_WINDOW, DEFAULT_BYPASS_HEADER, DEFAULT_SHARED_HEADER, DEFAULT_SPILL_MAX,
 };
+pub use error::{BoxError, Error};
+pub use future::ResponseFuture;
+pub use layer::CoalesceLayer;
+pub use service::Coalesce;
+pub use state::Stats;

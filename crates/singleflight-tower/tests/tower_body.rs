@@ -288,8 +288,8 @@ async fn trailers_reach_every_waiter() {
 }
 
 #[tokio::test]
-async fn a_body_within_the_buffer_cap_reaches_a_late_reader_whole() {
-    let (mut bodies, mut sender) = flight(CoalesceLayer::new().max_buffer(12), 2).await;
+async fn a_body_within_the_window_reaches_a_late_reader_whole() {
+    let (mut bodies, mut sender) = flight(CoalesceLayer::new().body_window(12), 2).await;
     let late = bodies.pop().expect("a body");
     let mut eager = bodies.pop().expect("a body");
     for chunk in [&b"abcd"[..], b"efgh", b"ijkl"] {
@@ -304,23 +304,24 @@ async fn a_body_within_the_buffer_cap_reaches_a_late_reader_whole() {
     assert_eq!(rest(late).await.expect("a whole body"), "abcdefghijkl");
 }
 
-#[tokio::test]
-async fn a_reader_more_than_the_buffer_cap_behind_fails_and_the_others_do_not() {
-    let (mut bodies, mut sender) = flight(CoalesceLayer::new().max_buffer(8), 3).await;
-    let mut late = bodies.pop().expect("a body");
+const CHUNKS: [&[u8]; 5] = [b"abcd", b"efgh", b"ijkl", b"mnop", b"qrst"];
+
+/// Feeds `CHUNKS` to a flight of three readers: `eager` reads each chunk as
+/// it comes, `close` stays one chunk behind (within a window of 8), `late`
+/// reads nothing until the end. Returns `late`, after checking that the
+/// other two got every byte and a clean end.
+async fn eager_close_and_late(layer: CoalesceLayer) -> WaiterBody {
+    let (mut bodies, mut sender) = flight(layer.body_window(8), 3).await;
+    let late = bodies.pop().expect("a body");
     let mut close = bodies.pop().expect("a body");
     let mut eager = bodies.pop().expect("a body");
     let mut close_read = Vec::new();
-    for (i, chunk) in [&b"abcd"[..], b"efgh", b"ijkl", b"mnop", b"qrst"]
-        .iter()
-        .enumerate()
-    {
+    for (i, chunk) in CHUNKS.iter().enumerate() {
         sender
             .send_data(Bytes::from_static(chunk))
             .await
             .expect("sent");
         assert_eq!(next_data(&mut eager).await, *chunk);
-        // `close` stays one chunk (4 bytes, within the cap) behind.
         if i > 0 {
             close_read.extend_from_slice(&next_data(&mut close).await);
         }
@@ -331,21 +332,65 @@ async fn a_reader_more_than_the_buffer_cap_behind_fails_and_the_others_do_not() 
         "the eager reader gets a clean end"
     );
     close_read.extend_from_slice(&rest(close).await.expect("a whole body"));
-    assert_eq!(close_read, b"abcdefghijklmnopqrst");
-    // `late` needed chunks that were dropped: an error, not a short body.
-    match late.frame().await {
-        Some(Err(Error::FellBehind { max_buffer })) => assert_eq!(max_buffer, 8),
-        other => panic!("expected FellBehind, got {other:?}"),
-    }
-    assert!(late.frame().await.is_none());
+    assert_eq!(close_read, CHUNKS.concat());
+    late
 }
 
 #[tokio::test]
-async fn a_reader_that_starts_more_than_the_buffer_cap_behind_fails_at_once() {
+async fn a_reader_behind_the_window_reads_the_spill_file_and_gets_every_byte() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let late = eager_close_and_late(CoalesceLayer::new().spill_dir(dir.path())).await;
+    assert_eq!(rest(late).await.expect("a whole body"), CHUNKS.concat());
+    let left = std::fs::read_dir(dir.path()).expect("listed").count();
+    assert_eq!(left, 0, "the spill file is never visible in its directory");
+}
+
+#[tokio::test]
+async fn past_the_spill_cap_a_reader_behind_fails_and_the_others_do_not() {
+    // 20 bytes, 8 in memory: 12 would have to be on disk, over the cap of 8.
+    let dir = tempfile::tempdir().expect("a directory");
+    let layer = CoalesceLayer::new().spill_dir(dir.path()).spill_max(8);
+    let mut late = eager_close_and_late(layer).await;
+    match late.frame().await {
+        Some(Err(Error::FellBehind { window, spill_max })) => {
+            assert_eq!((window, spill_max), (8, 8));
+        }
+        other => panic!("expected FellBehind, got {other:?}"),
+    }
+    assert!(late.frame().await.is_none(), "nothing after the error");
+}
+
+#[tokio::test]
+async fn with_spilling_off_a_reader_behind_the_window_fails() {
+    let mut late = eager_close_and_late(CoalesceLayer::new().spill_max(0)).await;
+    match late.frame().await {
+        Some(Err(Error::FellBehind { window, spill_max })) => {
+            assert_eq!((window, spill_max), (8, 0));
+        }
+        other => panic!("expected FellBehind, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_spill_directory_that_cannot_be_written_fails_only_the_readers_behind() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let missing = dir.path().join("missing");
+    let mut late = eager_close_and_late(CoalesceLayer::new().spill_dir(&missing)).await;
+    match late.frame().await {
+        Some(Err(error @ Error::Spill(_))) => {
+            let message = error.to_string();
+            assert!(message.contains("spill directory"), "{message}");
+        }
+        other => panic!("expected a spill error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_waiter_too_late_for_the_first_byte_sends_its_own_request() {
     // The second waiter's response future is first polled to its end only
-    // after the first waiter has read past the cap: its body starts at the
-    // first byte, which the flight no longer keeps.
-    let (mut service, mut upstreams) = layered(CoalesceLayer::new().max_buffer(8));
+    // after the first waiter has read past the window, with nothing kept on
+    // disk: it cannot have the first byte, so it asks for its own copy.
+    let (mut service, mut upstreams) = layered(CoalesceLayer::new().body_window(8).spill_max(0));
     let first = start(&mut service).await;
     let second = start(&mut service).await;
     let (mut sender, body) = Channel::new(4);
@@ -359,14 +404,12 @@ async fn a_reader_that_starts_more_than_the_buffer_cap_behind_fails_at_once() {
             .expect("sent");
         assert_eq!(next_data(&mut eager).await, chunk);
     }
-    let late = second.await.expect("a response");
-    assert_eq!(late.status(), http::StatusCode::OK, "the head is whole");
-    let mut late = late.into_body();
-    match late.frame().await {
-        Some(Err(Error::FellBehind { max_buffer })) => assert_eq!(max_buffer, 8),
-        other => panic!("expected FellBehind, got {other:?}"),
-    }
-    assert!(late.frame().await.is_none());
+    let own = tokio::spawn(second);
+    let (_, reply) = upstreams.next_request().await.expect("its own request");
+    reply.send_response(Response::new(Channel::new(1).1));
+    let late = own.await.expect("no panic").expect("a response");
+    assert_eq!(late.headers()["x-singleflight-shared"], "false");
+    assert_eq!(service.stats().refetched, 1);
     // The first waiter is not held up by it.
     sender
         .send_data(Bytes::from_static(b"mnop"))
@@ -374,5 +417,98 @@ async fn a_reader_that_starts_more_than_the_buffer_cap_behind_fails_at_once() {
         .expect("sent");
     drop(sender);
     assert_eq!(rest(eager).await.expect("the rest"), "mnop");
-    assert!(upstreams.next_request().now_or_never_is_none());
+}
+
+#[tokio::test]
+async fn a_request_arriving_mid_body_joins_and_reads_from_the_first_byte() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let layer = CoalesceLayer::new().body_window(8).spill_dir(dir.path());
+    let (mut service, mut upstreams) = layered(layer);
+    let first = start(&mut service).await;
+    let (mut sender, body) = Channel::new(4);
+    let (_, reply) = upstreams.next_request().await.expect("an upstream request");
+    reply.send_response(Response::new(body));
+    let mut eager = first.await.expect("a response").into_body();
+    assert_eq!(service.flights(), 1, "the body is still streaming");
+    // Past the window: the joiner's first bytes come from the spill file.
+    for chunk in &CHUNKS[..3] {
+        sender
+            .send_data(Bytes::from_static(chunk))
+            .await
+            .expect("sent");
+        assert_eq!(next_data(&mut eager).await, *chunk);
+    }
+    let service = service.ready().await.expect("ready");
+    let joiner = service.call(get()).await.expect("a response at once");
+    assert_eq!(joiner.headers()["x-singleflight-shared"], "true");
+    assert!(
+        upstreams.next_request().now_or_never_is_none(),
+        "no second upstream request"
+    );
+    let mut joiner = joiner.into_body();
+    let mut joined = Vec::new();
+    for _ in 0..3 {
+        joined.extend_from_slice(&next_data(&mut joiner).await);
+    }
+    assert_eq!(joined, CHUNKS[..3].concat(), "what had arrived, at once");
+    for chunk in &CHUNKS[3..] {
+        sender
+            .send_data(Bytes::from_static(chunk))
+            .await
+            .expect("sent");
+        assert_eq!(next_data(&mut eager).await, *chunk);
+        assert_eq!(next_data(&mut joiner).await, *chunk, "the rest as it comes");
+    }
+    drop(sender);
+    assert!(joiner.frame().await.is_none(), "a clean end");
+    assert!(eager.frame().await.is_none());
+    let stats = service.stats();
+    assert_eq!((stats.flights, stats.joined, stats.shared), (1, 1, 1));
+    assert_eq!(service.flights(), 0, "the flight ended with its body");
+    // After the end, a request starts a flight of its own.
+    let next = start(service).await;
+    let (_, reply) = upstreams.next_request().await.expect("a new flight");
+    reply.send_response(Response::new(Channel::new(1).1));
+    drop(next.await.expect("a response"));
+}
+
+#[tokio::test]
+async fn a_body_past_the_spill_cap_is_no_longer_joined() {
+    let layer = CoalesceLayer::new().body_window(8).spill_max(4);
+    let (mut service, mut upstreams) = layered(layer);
+    let first = start(&mut service).await;
+    let (mut sender, body) = Channel::new(4);
+    let (_, reply) = upstreams.next_request().await.expect("an upstream request");
+    reply.send_response(Response::new(body));
+    let mut eager = first.await.expect("a response").into_body();
+    // 12 bytes, 8 in memory: 4 on disk, within the cap; joinable.
+    for chunk in &CHUNKS[..3] {
+        sender
+            .send_data(Bytes::from_static(chunk))
+            .await
+            .expect("sent");
+        assert_eq!(next_data(&mut eager).await, *chunk);
+    }
+    assert_eq!(service.flights(), 1);
+    // 16 bytes: 8 would be on disk, over the cap; the first bytes are gone.
+    sender
+        .send_data(Bytes::from_static(CHUNKS[3]))
+        .await
+        .expect("sent");
+    assert_eq!(next_data(&mut eager).await, CHUNKS[3]);
+    assert_eq!(service.flights(), 0, "no longer joinable");
+    let late = start(&mut service).await;
+    let (_, reply) = upstreams
+        .next_request()
+        .await
+        .expect("a request of its own");
+    reply.send_response(Response::new(Channel::new(1).1));
+    let late = late.await.expect("a response");
+    assert_eq!(late.headers()["x-singleflight-shared"], "false");
+    drop(sender);
+    assert!(
+        eager.frame().await.is_none(),
+        "the eager reader is unaffected"
+    );
+    assert_eq!(service.stats().joined, 0);
 }

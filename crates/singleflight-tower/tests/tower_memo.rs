@@ -162,7 +162,7 @@ async fn a_body_of_unknown_or_excessive_length_is_not_kept() {
     })
     .await;
     assert_eq!(calls, 2);
-    let (calls, _) = sequential(memo().max_buffer(4), 2, |_| {
+    let (calls, _) = sequential(memo().body_window(4), 2, |_| {
         Response::new(full("longer than four"))
     })
     .await;

@@ -1,4 +1,4 @@
-//! The response future of [`Coalesce`](super::Coalesce).
+//! The response future of [`Coalesce`](crate::Coalesce).
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -15,15 +15,17 @@ use singleflight::Source;
 use singleflight::future::TryCall;
 use tower::Service;
 
-use super::body::CoalescedBody;
-use super::error::BoxError;
-use super::flight::{Failure, Flown, Make, Slot, mark};
-use super::service::{Counters, Shared};
+use crate::body::CoalescedBody;
+use crate::error::BoxError;
+use crate::flight::{Make, Slot};
+use crate::flown::{Failure, Flown, mark};
+use crate::rules;
+use crate::state::{Counters, Shared};
 
-type Call<S, ReqBody> = TryCall<'static, String, Flown, RandomState, Make<S, ReqBody>>;
+type Call<S, ReqBody> = TryCall<'static, Arc<str>, Flown, RandomState, Make<S, ReqBody>>;
 
 pin_project! {
-    /// The response future of [`Coalesce`](super::Coalesce).
+    /// The response future of [`Coalesce`](crate::Coalesce).
     ///
     /// Dropping it leaves the flight to its other waiters: the upstream
     /// request goes on for them.
@@ -125,7 +127,7 @@ where
         slot: Arc<Slot<S, ReqBody>>,
         id: u64,
         shared: Arc<Shared>,
-        memo_key: Option<String>,
+        memo_key: Option<Arc<str>>,
     ) -> Self {
         Self {
             kind: Kind::Coalesced {
@@ -157,7 +159,7 @@ where
     released: bool,
     /// The key, kept only when the memo is on: to drop a kept response whose
     /// body failed after it was kept.
-    memo_key: Option<String>,
+    memo_key: Option<Arc<str>>,
 }
 
 /// A follower gives back the ready service it was called with (and with it
@@ -189,6 +191,7 @@ fn deliver<S, ReqBody, B: Body>(
     shared: &Shared,
 ) -> Delivery<B> {
     let config = &*shared.config;
+    let joined = matches!(flown, Flown::Joined(_));
     match flown {
         Flown::Failed(failure) => Delivery::Respond(failure.response(config, was_shared)),
         Flown::Private(private) => {
@@ -204,28 +207,35 @@ fn deliver<S, ReqBody, B: Body>(
                 None => Delivery::Respond(Failure::LOST.response(config, false)),
             }
         }
-        Flown::Shared(response) => {
-            if !response.vary.is_empty() {
-                let own = slot.lock().unwrap_or_else(PoisonError::into_inner);
-                let differs = own.as_ref().is_some_and(|(_, request)| {
-                    let headers = request.headers();
-                    response
-                        .vary
-                        .iter()
-                        .zip(&response.leader_values)
-                        .any(|(name, leader)| !headers.get_all(name).iter().eq(leader.iter()))
-                });
-                if differs {
-                    return Delivery::Refetch;
-                }
+        Flown::Shared(response) | Flown::Joined(response) => {
+            let own = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            // A waiter still holding its request did not send it: it checks
+            // the response's `Vary` against it, and may send it after all.
+            let waiting = own.as_ref().map(|(_, request)| request.headers());
+            if let Some(headers) = waiting
+                && !rules::same_values(headers, &response.head.vary, &response.head.leader_values)
+            {
+                return Delivery::Refetch;
             }
+            // Every byte from the first is needed. A waiter that came too
+            // late for it sends its own request; the one that fetched the
+            // body has no other, and its reader fails on the first frame.
+            let reader = match response.body.join() {
+                Some(reader) => reader,
+                None if waiting.is_some() => return Delivery::Refetch,
+                None => response.body.reader(),
+            };
+            drop(own);
+            let was_shared = was_shared || joined;
             if was_shared {
                 Counters::add(&shared.counters.shared);
             }
-            let mut head = response.head.clone();
+            if joined {
+                Counters::add(&shared.counters.joined);
+            }
+            let mut head = response.head.parts.clone();
             mark(&mut head.headers, config, was_shared);
-            let body = CoalescedBody::shared(response.body.reader());
-            Delivery::Respond(Response::from_parts(head, body))
+            Delivery::Respond(Response::from_parts(head, CoalescedBody::shared(reader)))
         }
     }
 }

@@ -1,202 +1,24 @@
-//! The service: decides which requests are coalesced, and under what key.
+//! The service: decides which requests are coalesced, under what key, and
+//! starts their flights.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::mem;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{
-    AUTHORIZATION, COOKIE, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-    IF_UNMODIFIED_SINCE, PROXY_AUTHORIZATION, RANGE,
-};
-use http::request::Parts;
-use http::{HeaderMap, HeaderName, Method, Request, Response};
+use http::{Method, Request, Response};
 use http_body::Body;
 use singleflight::future::{Detached, Group};
-use tokio::time::Instant;
 use tower::Service;
 
-use super::body::CoalescedBody;
-use super::error::BoxError;
-use super::flight::{Flown, Make, Slot, Work};
-use super::future::ResponseFuture;
-use super::layer::{CoalesceLayer, Config};
-
-/// What the layer remembers about a resource from its last responses.
-#[derive(Clone, Default)]
-pub(crate) struct Memo {
-    /// The request headers its responses vary on, beyond the configured ones.
-    pub(crate) vary: Arc<[HeaderName]>,
-    /// It answered privately: requests for it go straight through until then.
-    pub(crate) bypass_until: Option<Instant>,
-}
-
-/// Counters, shared by every clone of a service.
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) bypassed: AtomicU64,
-    pub(crate) flights: AtomicU64,
-    pub(crate) shared: AtomicU64,
-    pub(crate) refetched: AtomicU64,
-    pub(crate) upstream_errors: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// What a [`Coalesce`] and its clones have counted so far; from
-/// [`Coalesce::stats`].
-///
-/// Requests whose method is neither `GET` nor `HEAD` are not counted: they
-/// take a path with no bookkeeping at all.
-///
-/// # Examples
-///
-/// ```
-/// let service = singleflight_tower::Coalesce::new(());
-/// let stats = service.stats();
-/// // Requests the layer saved the upstream from.
-/// let saved = stats.coalesced - stats.flights - stats.refetched;
-/// assert_eq!(saved, 0);
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// `GET`/`HEAD` requests that led or joined a flight.
-    pub coalesced: u64,
-    /// `GET`/`HEAD` requests sent straight through: with a body,
-    /// `Authorization` or `Cookie`, opted out, or for a resource that
-    /// answered privately a short while ago.
-    pub bypassed: u64,
-    /// Flights: requests sent to the inner service on behalf of coalesced
-    /// requests.
-    pub flights: u64,
-    /// Coalesced requests whose response was shared with another.
-    pub shared: u64,
-    /// Coalesced requests that sent their own request after all, because
-    /// their flight's response was private to its requester or varied on a
-    /// header they differ in.
-    pub refetched: u64,
-    /// Flights whose upstream failed (answered 502 or 504).
-    pub upstream_errors: u64,
-}
-
-/// The state every clone of a [`Coalesce`] shares.
-pub(crate) struct Shared {
-    pub(crate) config: Arc<Config>,
-    pub(crate) group: Group<String, Flown>,
-    /// What is remembered per resource, by the resource's hash.
-    pub(crate) memo: quick_cache::sync::Cache<u64, Memo>,
-    resources: RandomState,
-    pub(crate) counters: Counters,
-    next_id: AtomicU64,
-}
-
-impl Shared {
-    /// The key of a candidate request and the hash of its resource, or
-    /// `None` when it must go straight through.
-    fn key(&self, head: &Parts, body_is_empty: bool) -> Option<(String, u64)> {
-        let config = &*self.config;
-        if !body_is_empty {
-            return None;
-        }
-        for credential in [&AUTHORIZATION, &PROXY_AUTHORIZATION, &COOKIE] {
-            if head.headers.contains_key(credential) && !config.key_headers.contains(credential) {
-                return None;
-            }
-        }
-        if let Some(name) = &config.bypass_header
-            && head.headers.contains_key(name)
-        {
-            return None;
-        }
-        if let Some(bypass) = &config.bypass_if
-            && bypass(head)
-        {
-            return None;
-        }
-        let mut key = String::with_capacity(96);
-        push_resource(&mut key, head);
-        // The memo is keyed by the resource's hash: a collision could at
-        // worst add headers to a key or send requests straight through, and
-        // each waiter still checks the response's `Vary` against its own
-        // request.
-        let resource = self.resources.hash_one(key.as_str());
-        let memo = self.memo.get(&resource);
-        if let Some(until) = memo.as_ref().and_then(|memo| memo.bypass_until)
-            && Instant::now() < until
-        {
-            return None;
-        }
-        if let Some(key_fn) = &config.key_fn {
-            // Prefixed by the method, and marked so that a custom key never
-            // equals a built one.
-            let custom = key_fn(head)?;
-            key.clear();
-            key.push_str(head.method.as_str());
-            key.push_str(" custom:");
-            key.push_str(&custom);
-        }
-        let vary = memo.map(|memo| memo.vary).unwrap_or_default();
-        let conditions = CONDITIONS
-            .iter()
-            .filter(|name| head.headers.contains_key(*name));
-        for name in config
-            .key_headers
-            .iter()
-            .chain(vary.iter())
-            .chain(conditions)
-        {
-            key.push('\n');
-            key.push_str(name.as_str());
-            key.push(':');
-            for (i, value) in head.headers.get_all(name).iter().enumerate() {
-                if i > 0 {
-                    key.push(',');
-                }
-                key.push_str(&String::from_utf8_lossy(value.as_bytes()));
-            }
-        }
-        Some((key, resource))
-    }
-}
-
-/// Request headers that change what the response is (a part, or a 304/412
-/// instead of the resource): always part of the key when present, so that a
-/// conditional or partial response never reaches a waiter that did not ask
-/// for it.
-const CONDITIONS: [HeaderName; 6] = [
-    RANGE,
-    IF_RANGE,
-    IF_NONE_MATCH,
-    IF_MODIFIED_SINCE,
-    IF_MATCH,
-    IF_UNMODIFIED_SINCE,
-];
-
-/// Appends method, scheme, authority, path and query of a request.
-fn push_resource(key: &mut String, head: &Parts) {
-    let uri = &head.uri;
-    let authority = uri
-        .authority()
-        .map(|authority| authority.as_str())
-        .or_else(|| head.headers.get(HOST).and_then(|host| host.to_str().ok()))
-        .unwrap_or("");
-    key.push_str(head.method.as_str());
-    key.push(' ');
-    key.push_str(uri.scheme_str().unwrap_or(""));
-    key.push_str("://");
-    key.push_str(authority);
-    key.push_str(uri.path_and_query().map_or("/", |path| path.as_str()));
-}
+use crate::body::CoalescedBody;
+use crate::error::BoxError;
+use crate::flight::{Make, Slot, Work};
+use crate::flown::Flown;
+use crate::future::ResponseFuture;
+use crate::layer::CoalesceLayer;
+use crate::state::{Counters, Shared, Stats};
 
 /// Coalesces identical concurrent HTTP requests to the inner service; made
 /// by [`CoalesceLayer`].
@@ -226,9 +48,14 @@ fn push_resource(key: &mut String, head: &Parts) {
 /// The first request for a key sends it to the inner service; the others
 /// that arrive while it runs wait for its response, and all of them get the
 /// same status and headers as soon as it arrives, and the body as it
-/// streams in (see [`CoalescedBody`] and [`CoalesceLayer::max_buffer`]).
-/// The request belongs to all of them: if the first one's client goes away,
-/// the upstream request and its body go on for the others.
+/// streams in, each from its first byte (see [`CoalescedBody`]). A request
+/// that arrives after the head, while the body still streams, joins too: it
+/// gets the head at once, the bytes that have arrived, and the rest as they
+/// come. The request belongs to all of them: if the first one's client goes
+/// away, the upstream request and its body go on for the others. Slow
+/// readers are never failed for being slow: what leaves the in-memory
+/// window ([`CoalesceLayer::body_window`]) is kept in a spill file
+/// ([`CoalesceLayer::spill_dir`], up to [`CoalesceLayer::spill_max`]).
 ///
 /// - A response with `Set-Cookie`, `Cache-Control: private` or `no-store`,
 ///   or `Vary: *` goes to its own requester only. The other waiters then
@@ -299,7 +126,6 @@ impl<S> Coalesce<S> {
 
     pub(crate) fn with_layer(inner: S, layer: &CoalesceLayer) -> Self {
         let config = Arc::clone(&layer.config);
-        let memo = quick_cache::sync::Cache::new(config.remembered);
         let mut builder = Group::builder();
         if let Some(name) = &config.metrics {
             builder = builder.metrics(name.clone());
@@ -322,17 +148,9 @@ impl<S> Coalesce<S> {
                     .stale_while_revalidate(grace);
             }
         }
-        let group = builder.build();
         Self {
             inner,
-            shared: Arc::new(Shared {
-                config,
-                group,
-                memo,
-                resources: RandomState::new(),
-                counters: Counters::default(),
-                next_id: AtomicU64::new(0),
-            }),
+            shared: Arc::new(Shared::new(config, builder.build())),
         }
     }
 
@@ -362,16 +180,7 @@ impl<S> Coalesce<S> {
     /// assert_eq!(saved, 0);
     /// ```
     pub fn stats(&self) -> Stats {
-        let counters = &self.shared.counters;
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Stats {
-            coalesced: load(&counters.coalesced),
-            bypassed: load(&counters.bypassed),
-            flights: load(&counters.flights),
-            shared: load(&counters.shared),
-            refetched: load(&counters.refetched),
-            upstream_errors: load(&counters.upstream_errors),
-        }
+        self.shared.counters.snapshot()
     }
 
     /// The core group's counters, when [`CoalesceLayer::metrics`] turned
@@ -391,7 +200,8 @@ impl<S> Coalesce<S> {
         self.shared.group.stats()
     }
 
-    /// The number of flights in progress.
+    /// The number of flights in progress: waiting for their response head,
+    /// or streaming a body that requests may still join.
     ///
     /// # Examples
     ///
@@ -400,7 +210,7 @@ impl<S> Coalesce<S> {
     /// assert_eq!(service.flights(), 0);
     /// ```
     pub fn flights(&self) -> usize {
-        self.shared.group.len()
+        self.shared.group.len() + self.shared.streaming.len()
     }
 }
 
@@ -483,23 +293,25 @@ impl<S> Coalesce<S> {
         // to readiness, and leave a clone.
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next_id();
+        let key: Arc<str> = Arc::from(key);
         let slot: Arc<Slot<S, ReqBody>> =
             Arc::new(Mutex::new(Some((inner, Request::from_parts(head, body)))));
         let make: Make<S, ReqBody> = Box::new({
-            let (shared, slot) = (Arc::clone(&self.shared), Arc::clone(&slot));
-            move || Work::start(shared, &slot, id, resource)
+            let (shared, slot, key) = (
+                Arc::clone(&self.shared),
+                Arc::clone(&slot),
+                Arc::clone(&key),
+            );
+            move || Work::start(shared, &slot, id, resource, key)
         });
-        let memo_key = self.shared.config.memo_ttl.is_some().then(|| key.clone());
+        let memo_key = self
+            .shared
+            .config
+            .memo_ttl
+            .is_some()
+            .then(|| Arc::clone(&key));
         let call = self.shared.group.try_call_owned(key, make);
         ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), memo_key)
     }
-}
-
-/// The values of `names` in `headers`, in order.
-pub(crate) fn values_of(headers: &HeaderMap, names: &[HeaderName]) -> Vec<Vec<http::HeaderValue>> {
-    names
-        .iter()
-        .map(|name| headers.get_all(name).iter().cloned().collect())
-        .collect()
 }

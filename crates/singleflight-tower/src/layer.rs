@@ -1,99 +1,16 @@
-//! The layer: the settings of [`Coalesce`].
+//! The layer: the public face of the settings of [`Coalesce`].
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use http::header::ACCEPT_ENCODING;
 use http::request::Parts;
 use tower::Layer;
 
-use super::service::Coalesce;
-
-/// Decides, from a request's head, whether it goes straight through.
-pub(crate) type BypassFn = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
-/// Makes the key of a request from its head; `None` sends it straight through.
-pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// The default name of the header that opts a request out; the layer
-/// removes it before the request goes on (see
-/// [`CoalesceLayer::bypass_header`]).
-///
-/// # Examples
-///
-/// ```
-/// let request = http::Request::get("/report")
-///     .header(singleflight_tower::DEFAULT_BYPASS_HEADER, "1")
-///     .body(())
-///     .unwrap();
-/// assert!(request.headers().contains_key("x-singleflight-bypass"));
-/// ```
-pub const DEFAULT_BYPASS_HEADER: &str = "x-singleflight-bypass";
-/// The default name of the response header that says whether a response
-/// was shared.
-///
-/// # Examples
-///
-/// ```
-/// let response = http::Response::builder()
-///     .header(singleflight_tower::DEFAULT_SHARED_HEADER, "true")
-///     .body(())
-///     .unwrap();
-/// assert_eq!(response.headers()["x-singleflight-shared"], "true");
-/// ```
-pub const DEFAULT_SHARED_HEADER: &str = "x-singleflight-shared";
-
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) key_headers: Vec<HeaderName>,
-    pub(crate) bypass_header: Option<HeaderName>,
-    pub(crate) bypass_if: Option<BypassFn>,
-    pub(crate) key_fn: Option<KeyFn>,
-    pub(crate) shared_header: Option<HeaderName>,
-    pub(crate) max_buffer: usize,
-    pub(crate) private_bypass: Duration,
-    pub(crate) remembered: usize,
-    pub(crate) metrics: Option<String>,
-    pub(crate) memo_ttl: Option<Duration>,
-    pub(crate) stale: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            key_headers: vec![ACCEPT_ENCODING],
-            bypass_header: Some(HeaderName::from_static(DEFAULT_BYPASS_HEADER)),
-            bypass_if: None,
-            key_fn: None,
-            shared_header: Some(HeaderName::from_static(DEFAULT_SHARED_HEADER)),
-            max_buffer: 4 << 20,
-            private_bypass: Duration::from_secs(30),
-            remembered: 4096,
-            metrics: None,
-            memo_ttl: None,
-            stale: None,
-        }
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CoalesceLayer")
-            .field("key_headers", &self.key_headers)
-            .field("bypass_header", &self.bypass_header)
-            .field("bypass_if", &self.bypass_if.as_ref().map(|_| ".."))
-            .field("key_fn", &self.key_fn.as_ref().map(|_| ".."))
-            .field("shared_header", &self.shared_header)
-            .field("max_buffer", &self.max_buffer)
-            .field("private_bypass", &self.private_bypass)
-            .field("remembered", &self.remembered)
-            .field("metrics", &self.metrics)
-            .field("memo_ttl", &self.memo_ttl)
-            .field("stale", &self.stale)
-            .finish()
-    }
-}
+use crate::config::Config;
+use crate::service::Coalesce;
 
 /// Coalesces identical concurrent HTTP requests: wraps a service in
 /// [`Coalesce`].
@@ -117,7 +34,7 @@ impl fmt::Debug for Config {
 ///
 /// let layer = CoalesceLayer::new()
 ///     .key_header(ACCEPT_LANGUAGE)
-///     .max_buffer(1 << 20)
+///     .body_window(1 << 20)
 ///     .private_bypass(Duration::from_secs(10))
 ///     .bypass_if(|head| head.uri.path().starts_with("/admin"));
 /// # drop(layer);
@@ -175,7 +92,7 @@ impl CoalesceLayer {
     }
 
     /// Sets the request header whose presence sends a request straight
-    /// through (by default [`DEFAULT_BYPASS_HEADER`]); `None` turns it off.
+    /// through (by default [`DEFAULT_BYPASS_HEADER`](crate::DEFAULT_BYPASS_HEADER)); `None` turns it off.
     ///
     /// The header is the layer's own: a `GET` or `HEAD` request that carries
     /// it goes to the inner service without it. Requests of other methods
@@ -243,7 +160,7 @@ impl CoalesceLayer {
 
     /// Sets the response header that says whether a coalesced request's
     /// response was shared (`true`) or not (`false`); by default
-    /// [`DEFAULT_SHARED_HEADER`]. `None` turns it off. Requests that are not
+    /// [`DEFAULT_SHARED_HEADER`](crate::DEFAULT_SHARED_HEADER). `None` turns it off. Requests that are not
     /// candidates (other methods, opted out) never get it.
     ///
     /// # Examples
@@ -257,29 +174,75 @@ impl CoalesceLayer {
         self
     }
 
-    /// Caps the bytes of body a flight keeps for its waiters (by default
-    /// 4 MiB).
+    /// Sets how many bytes of a flight's body are kept in memory for its
+    /// readers (by default [`DEFAULT_BODY_WINDOW`](crate::DEFAULT_BODY_WINDOW),
+    /// 4 MiB): the newest bytes, which the readers keeping up read from.
     ///
-    /// Every waiter reads the shared body at its own pace; the flight keeps
-    /// what it received so that slower ones can catch up. A body no longer
-    /// than `bytes` therefore always reaches every waiter whole, however
-    /// slow. Past it, the oldest chunks are dropped (the newest chunk is
-    /// always kept) and a waiter that still needed one fails with
-    /// [`Error::FellBehind`](super::Error::FellBehind): its client sees an
-    /// aborted response, never a truncated one that looks whole. That
-    /// includes a waiter that starts reading only after the flight's body
-    /// moved on by more than `bytes` (its response future was polled late):
-    /// its head is whole, and its body fails at the first frame. The
-    /// others, and the upstream, are not slowed down by it.
+    /// Every reader of a flight reads its body at its own pace, from the
+    /// first byte, and a request that arrives while the body still streams
+    /// joins the flight and reads it from the first byte too. Bytes that
+    /// leave the window are written to a spill file (see
+    /// [`spill_dir`](Self::spill_dir)), where readers that are behind, or
+    /// joined late, read them; the upstream and the readers that keep up
+    /// never wait for them. Memory per flight is therefore bounded by the
+    /// window (plus the newest chunk, which is always kept whole), whatever
+    /// the body's size and the number of readers.
     ///
     /// # Examples
     ///
     /// ```
-    /// let layer = singleflight_tower::CoalesceLayer::new().max_buffer(16 << 20);
+    /// let layer = singleflight_tower::CoalesceLayer::new().body_window(16 << 20);
     /// # drop(layer);
     /// ```
-    pub fn max_buffer(mut self, bytes: usize) -> Self {
-        self.config().max_buffer = bytes;
+    pub fn body_window(mut self, bytes: usize) -> Self {
+        self.config().body_window = bytes;
+        self
+    }
+
+    /// Sets the directory of the spill files (by default the system's
+    /// temporary directory, [`std::env::temp_dir`]).
+    ///
+    /// A flight makes its spill file only when its body outgrows the
+    /// [`body_window`](Self::body_window). The file is unlinked as soon as
+    /// it is made, so nothing is left in the directory, whether the flight
+    /// ends, fails or the process crashes; its space is returned when the
+    /// last reader is done with it. When the file cannot be made or
+    /// written, the flight goes on in memory alone, as past
+    /// [`spill_max`](Self::spill_max).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().spill_dir("/var/cache/sf");
+    /// # drop(layer);
+    /// ```
+    pub fn spill_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config().spill_dir = Some(dir.into());
+        self
+    }
+
+    /// Caps the bytes of one flight's body kept on disk (by default
+    /// [`DEFAULT_SPILL_MAX`](crate::DEFAULT_SPILL_MAX), 1 GiB); `0` turns
+    /// spilling off.
+    ///
+    /// A body longer than the window and the cap together cannot be kept
+    /// whole for everyone. When the next byte would pass the cap, the flight
+    /// drops its spill file and goes on in memory alone: the readers within
+    /// the window carry on to the end, unaffected; every reader behind it
+    /// fails at once with [`Error::FellBehind`](crate::Error::FellBehind),
+    /// so its client sees an aborted response, never a short one that looks
+    /// whole; and the flight is no longer joined by new requests, which
+    /// send a request of their own instead. The same holds for a reader
+    /// that falls behind the window when spilling is off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().spill_max(256 << 20);
+    /// # drop(layer);
+    /// ```
+    pub fn spill_max(mut self, bytes: u64) -> Self {
+        self.config().spill_max = bytes;
         self
     }
 
@@ -321,12 +284,12 @@ impl CoalesceLayer {
     /// Turns on the core group's counters for the flights (calls,
     /// executions, shared results, cancellations, panics, flights and
     /// waiters in progress), readable with
-    /// [`Coalesce::group_stats`](super::Coalesce::group_stats) and, with
+    /// [`Coalesce::group_stats`] and, with
     /// this crate's `metrics` feature, exported through the `metrics`
     /// facade labelled `group = name` (see
     /// [`singleflight::policy::METRIC_NAMES`]).
     ///
-    /// The layer's own HTTP counters ([`Coalesce::stats`](super::Coalesce::stats))
+    /// The layer's own HTTP counters ([`Coalesce::stats`])
     /// are always on.
     ///
     /// # Examples
@@ -348,7 +311,7 @@ impl CoalesceLayer {
     /// Only responses that every later reader can be given whole are kept:
     /// shared ones (never a `Set-Cookie`, `private` or `no-store` response),
     /// not a 5xx, not marked `Cache-Control: no-cache`, and with a
-    /// `Content-Length` within [`max_buffer`](CoalesceLayer::max_buffer) (or
+    /// `Content-Length` within [`body_window`](CoalesceLayer::body_window) (or
     /// no body at all). A kept response whose body then failed upstream is
     /// dropped at its next hit, and that request fetches its own.
     ///

@@ -1,0 +1,117 @@
+//! The spill file of a flight's body: bytes that left the in-memory window,
+//! kept for the readers that are behind it or join late.
+//!
+//! The file is made with `tempfile`, which unlinks it at once (or never
+//! links it, with `O_TMPFILE`): nothing is left in the directory when the
+//! flight ends, fails, or the process crashes. It is written and read with
+//! positional I/O, so readers share one handle without a seek position, and
+//! a read never holds the body's lock.
+//!
+//! The calls are synchronous. The bytes were just written, so reads are
+//! served from the page cache; writes go to it. Like nginx's temporary
+//! files, this trades a short blocking call for not needing a thread pool.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+
+/// The most a reader takes from the file at once.
+pub(crate) const READ_CHUNK: usize = 64 << 10;
+
+/// Makes an unlinked file in `dir`, or in the system's temporary directory.
+pub(crate) fn create(dir: Option<&Path>) -> io::Result<File> {
+    match dir {
+        Some(dir) => tempfile::tempfile_in(dir),
+        None => tempfile::tempfile(),
+    }
+}
+
+/// Writes all of `data` at `offset`.
+pub(crate) fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+    }
+    #[cfg(windows)]
+    {
+        let (mut data, mut offset) = (data, offset);
+        while !data.is_empty() {
+            match std::os::windows::fs::FileExt::seek_write(file, data, offset) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    data = &data[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (file, data, offset);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Reads exactly `len` bytes at `offset`.
+pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mut buffer = BytesMut::zeroed(len);
+    #[cfg(unix)]
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut buffer, offset)?;
+    #[cfg(windows)]
+    {
+        let (mut filled, mut offset) = (0, offset);
+        while filled < len {
+            match std::os::windows::fs::FileExt::seek_read(file, &mut buffer[filled..], offset) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    filled += n;
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (file, offset);
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    Ok(buffer.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_written_at_an_offset_reads_back() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let file = create(Some(dir.path())).expect("a spill file");
+        write_at(&file, b"hello ", 0).expect("written");
+        write_at(&file, b"world", 6).expect("written");
+        assert_eq!(read_at(&file, 0, 11).expect("read"), "hello world");
+        assert_eq!(read_at(&file, 6, 5).expect("read"), "world");
+        assert!(read_at(&file, 6, 6).is_err(), "reading past the end fails");
+    }
+
+    #[test]
+    fn the_file_leaves_nothing_in_its_directory() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let file = create(Some(dir.path())).expect("a spill file");
+        write_at(&file, &[7; 1000], 0).expect("written");
+        let entries = std::fs::read_dir(dir.path()).expect("listed").count();
+        assert_eq!(entries, 0, "the spill file is unlinked while open");
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error() {
+        let dir = tempfile::tempdir().expect("a directory");
+        assert!(create(Some(&dir.path().join("missing"))).is_err());
+    }
+}

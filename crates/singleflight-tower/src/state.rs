@@ -1,0 +1,270 @@
+// The state every clone of a `Coalesce` shares: the settings, the group of
+// flights, what is known about each resource, the bodies that late requests
+// may still join, and the counters.
+//
+// Invariants:
+// - `Streaming` has an entry for a key only while that key's last shared
+//   response is still arriving and every byte of it is still kept: the
+//   flight's work registers it, and its body's `settle` removes it (when the
+//   body ends, loses bytes, or is dropped). An entry is removed only by the
+//   body it names (`id`), never a newer flight's.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use http::HeaderName;
+use http::request::Parts;
+use singleflight::future::Group;
+use tokio::time::Instant;
+
+use crate::body::{Keep, Settle, SharedBody};
+use crate::config::Config;
+use crate::flown::{Flown, SharedHead, SharedResponse};
+use crate::rules;
+
+/// What the layer knows about a resource from its last responses (apart
+/// from the response memo, which keeps responses).
+#[derive(Clone, Default)]
+pub(crate) struct Facts {
+    /// The request headers its responses vary on, beyond the configured ones.
+    pub(crate) vary: Arc<[HeaderName]>,
+    /// It answered privately: requests for it go straight through until then.
+    pub(crate) bypass_until: Option<Instant>,
+}
+
+/// Counters, shared by every clone of a service.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) bypassed: AtomicU64,
+    pub(crate) flights: AtomicU64,
+    pub(crate) shared: AtomicU64,
+    pub(crate) joined: AtomicU64,
+    pub(crate) refetched: AtomicU64,
+    pub(crate) upstream_errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            coalesced: load(&self.coalesced),
+            bypassed: load(&self.bypassed),
+            flights: load(&self.flights),
+            shared: load(&self.shared),
+            joined: load(&self.joined),
+            refetched: load(&self.refetched),
+            upstream_errors: load(&self.upstream_errors),
+        }
+    }
+}
+
+/// What a [`Coalesce`](crate::Coalesce) and its clones have counted so far;
+/// from [`Coalesce::stats`](crate::Coalesce::stats).
+///
+/// Requests whose method is neither `GET` nor `HEAD` are not counted: they
+/// take a path with no bookkeeping at all.
+///
+/// # Examples
+///
+/// ```
+/// let service = singleflight_tower::Coalesce::new(());
+/// let stats = service.stats();
+/// // Requests the layer saved the upstream from.
+/// let saved = stats.coalesced - stats.flights - stats.refetched;
+/// assert_eq!(saved, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `GET`/`HEAD` requests that led or joined a flight.
+    pub coalesced: u64,
+    /// `GET`/`HEAD` requests sent straight through: with a body,
+    /// `Authorization` or `Cookie`, opted out, or for a resource that
+    /// answered privately a short while ago.
+    pub bypassed: u64,
+    /// Flights: requests sent to the inner service on behalf of coalesced
+    /// requests.
+    pub flights: u64,
+    /// Coalesced requests whose response was shared with another.
+    pub shared: u64,
+    /// Coalesced requests that arrived after their flight's response head,
+    /// while its body was still streaming, and read that body from its
+    /// first byte (counted in `shared` too).
+    pub joined: u64,
+    /// Coalesced requests that sent their own request after all, because
+    /// their flight's response was private to its requester, varied on a
+    /// header they differ in, or no longer had every byte of its body.
+    pub refetched: u64,
+    /// Flights whose upstream failed (answered 502 or 504).
+    pub upstream_errors: u64,
+}
+
+/// The shared responses whose bodies are still streaming, by key: a request
+/// for the key joins one of them instead of going upstream.
+#[derive(Default)]
+pub(crate) struct Streaming {
+    bodies: Mutex<HashMap<Arc<str>, Entry>>,
+}
+
+struct Entry {
+    id: u64,
+    head: Arc<SharedHead>,
+    /// Weak: the readers own the body, and when the last one goes, the
+    /// upstream body is dropped, not kept for a joiner that may not come.
+    body: Weak<SharedBody>,
+}
+
+impl Streaming {
+    fn bodies(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Entry>> {
+        self.bodies.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the body of flight `id` runs when it can no longer be joined.
+    pub(crate) fn settle(self: &Arc<Self>, key: Arc<str>, id: u64) -> Settle {
+        let streaming = Arc::downgrade(self);
+        Box::new(move || {
+            if let Some(streaming) = streaming.upgrade() {
+                let removed = {
+                    let mut bodies = streaming.bodies();
+                    match bodies.get(&key) {
+                        Some(entry) if entry.id == id => bodies.remove(&key),
+                        _ => None,
+                    }
+                };
+                // The weak handle is dropped outside the lock.
+                drop(removed);
+            }
+        })
+    }
+
+    /// Lets requests for `key` join `response` (flight `id`) while its body
+    /// streams; replaces an older flight's entry.
+    pub(crate) fn register(&self, key: Arc<str>, id: u64, response: &Arc<SharedResponse>) {
+        let entry = Entry {
+            id,
+            head: Arc::clone(&response.head),
+            body: Arc::downgrade(&response.body),
+        };
+        let replaced = self.bodies().insert(key, entry);
+        drop(replaced);
+    }
+
+    /// The response for `key` whose body is still streaming and whole, if
+    /// any.
+    pub(crate) fn find(&self, key: &str) -> Option<SharedResponse> {
+        let response = {
+            let bodies = self.bodies();
+            let entry = bodies.get(key)?;
+            SharedResponse {
+                head: Arc::clone(&entry.head),
+                body: entry.body.upgrade()?,
+            }
+        };
+        // Checked outside the registry's lock, so that it stays short.
+        response.body.joinable().then_some(response)
+    }
+
+    /// How many bodies can be joined now.
+    pub(crate) fn len(&self) -> usize {
+        self.bodies().len()
+    }
+}
+
+/// The state every clone of a [`Coalesce`](crate::Coalesce) shares.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) group: Group<Arc<str>, Flown>,
+    /// What is known per resource, by the resource's hash.
+    pub(crate) facts: quick_cache::sync::Cache<u64, Facts>,
+    resources: RandomState,
+    pub(crate) streaming: Arc<Streaming>,
+    /// How flights keep their bodies, from `config`.
+    pub(crate) keep: Keep,
+    pub(crate) counters: Counters,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Arc<Config>, group: Group<Arc<str>, Flown>) -> Self {
+        Self {
+            facts: quick_cache::sync::Cache::new(config.remembered),
+            group,
+            resources: RandomState::new(),
+            streaming: Arc::default(),
+            keep: Keep {
+                window: config.body_window,
+                spill_max: config.spill_max,
+                spill_dir: config.spill_dir.as_deref().map(Arc::from),
+            },
+            counters: Counters::default(),
+            next_id: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    /// A number no other request of this service has.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The key of a candidate request and the hash of its resource, or
+    /// `None` when it must go straight through.
+    pub(crate) fn key(&self, head: &Parts, body_is_empty: bool) -> Option<(String, u64)> {
+        let config = &*self.config;
+        if !body_is_empty || rules::carries_credentials(&head.headers, &config.key_headers) {
+            return None;
+        }
+        if let Some(name) = &config.bypass_header
+            && head.headers.contains_key(name)
+        {
+            return None;
+        }
+        if let Some(bypass) = &config.bypass_if
+            && bypass(head)
+        {
+            return None;
+        }
+        let mut key = String::with_capacity(96);
+        rules::push_resource(&mut key, head);
+        // The facts are keyed by the resource's hash: a collision could at
+        // worst add headers to a key or send requests straight through, and
+        // each waiter still checks the response's `Vary` against its own
+        // request.
+        let resource = self.resources.hash_one(key.as_str());
+        let facts = self.facts.get(&resource);
+        if let Some(until) = facts.as_ref().and_then(|facts| facts.bypass_until)
+            && Instant::now() < until
+        {
+            return None;
+        }
+        if let Some(key_fn) = &config.key_fn {
+            // Prefixed by the method, and marked so that a custom key never
+            // equals a built one.
+            let custom = key_fn(head)?;
+            key.clear();
+            key.push_str(head.method.as_str());
+            key.push_str(" custom:");
+            key.push_str(&custom);
+        }
+        let vary = facts.map(|facts| facts.vary).unwrap_or_default();
+        rules::push_header_values(&mut key, &head.headers, &config.key_headers);
+        rules::push_header_values(&mut key, &head.headers, vary.iter());
+        rules::push_header_values(&mut key, &head.headers, rules::conditions_of(&head.headers));
+        Some((key, resource))
+    }
+
+    /// Updates what is known about `resource`.
+    pub(crate) fn learn(&self, resource: u64, update: impl FnOnce(&mut Facts)) {
+        let mut facts = self.facts.get(&resource).unwrap_or_default();
+        update(&mut facts);
+        self.facts.insert(resource, facts);
+    }
+}

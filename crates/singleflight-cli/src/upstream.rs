@@ -2,9 +2,11 @@
 //!
 //! Every path but `/metrics` and `/healthz` waits `--delay` (plus up to
 //! `--jitter`), counts the request in `upstream_requests_total` and answers
-//! `--status` with a `--body-bytes` body. It is the embedded upstream of
+//! `--status` with a `--body-bytes` body, whole or in `--chunks` chunks
+//! `--chunk-interval` apart. It is the embedded upstream of
 //! `serve` and `demo`, so nothing outside this machine is needed.
 
+use std::convert::Infallible;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use clap::Args;
+use http_body_util::channel::Channel;
 use metrics::Counter;
 use tokio::sync::watch;
 
@@ -43,6 +46,13 @@ pub struct UpstreamOpts {
     /// The size of the response body in bytes (default: a short "ok").
     #[arg(long)]
     pub body_bytes: Option<usize>,
+    /// Send the body in this many chunks, without a Content-Length
+    /// (chunked), `--chunk-interval` apart; 1 sends it whole.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunks: u32,
+    /// The time between two chunks of the body.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub chunk_interval: Duration,
     /// How long to wait for requests in flight on shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -57,6 +67,8 @@ impl UpstreamOpts {
             jitter: Duration::ZERO,
             status: 200,
             body_bytes: None,
+            chunks: 1,
+            chunk_interval: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -67,6 +79,8 @@ struct Upstream {
     jitter: Duration,
     status: StatusCode,
     body: Bytes,
+    chunks: u32,
+    chunk_interval: Duration,
     requests: Counter,
     arrivals: watch::Sender<u64>,
     registry: Registry,
@@ -141,6 +155,8 @@ pub async fn start(opts: &UpstreamOpts) -> anyhow::Result<Running> {
         jitter: opts.jitter,
         status,
         body,
+        chunks: opts.chunks,
+        chunk_interval: opts.chunk_interval,
         requests,
         arrivals,
         registry,
@@ -171,12 +187,44 @@ async fn answer(State(up): State<Arc<Upstream>>) -> Response {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    if up.chunks > 1 {
+        let (status, interval) = (up.status, up.chunk_interval);
+        let (mut sender, body) = Channel::<Bytes, Infallible>::new(1);
+        let chunks = chunks_of(&up.body, up.chunks);
+        tokio::spawn(async move {
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                if i > 0 && !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+                if sender.send_data(chunk).await.is_err() {
+                    // The client went away.
+                    return;
+                }
+            }
+        });
+        return (
+            status,
+            [(header::CONTENT_TYPE, "text/plain")],
+            axum::body::Body::new(body),
+        )
+            .into_response();
+    }
     (
         up.status,
         [(header::CONTENT_TYPE, "text/plain")],
         up.body.clone(),
     )
         .into_response()
+}
+
+/// `body` cut into `count` slices of nearly equal length (none empty unless
+/// the body is shorter than `count`).
+fn chunks_of(body: &Bytes, count: u32) -> Vec<Bytes> {
+    let count = count as usize;
+    (0..count)
+        .map(|i| body.slice(body.len() * i / count..body.len() * (i + 1) / count))
+        .filter(|chunk| !chunk.is_empty())
+        .collect()
 }
 
 async fn metrics(State(up): State<Arc<Upstream>>) -> impl IntoResponse {

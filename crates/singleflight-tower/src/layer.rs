@@ -359,6 +359,6 @@ impl<S> Layer<S> for CoalesceLayer {
     type Service = Coalesce<S>;
 
     fn layer(&self, inner: S) -> Coalesce<S> {
-        Coalesce::with_layer(inner, self)
+        Coalesce::with_config(inner, Arc::clone(&self.config))
     }
 }

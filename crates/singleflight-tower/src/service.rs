@@ -13,15 +13,15 @@ use singleflight::future::{Detached, Group};
 use tower::Service;
 
 use crate::body::CoalescedBody;
+use crate::config::Config;
 use crate::error::BoxError;
 use crate::flight::{Make, Slot, Work};
 use crate::flown::Flown;
 use crate::future::ResponseFuture;
-use crate::layer::CoalesceLayer;
 use crate::state::{Counters, Shared, Stats};
 
 /// Coalesces identical concurrent HTTP requests to the inner service; made
-/// by [`CoalesceLayer`].
+/// by [`CoalesceLayer`](crate::CoalesceLayer).
 ///
 /// # What is coalesced
 ///
@@ -29,13 +29,13 @@ use crate::state::{Counters, Shared, Stats};
 /// must never be merged), never a request with a body, never one carrying
 /// `Authorization`, `Proxy-Authorization` or `Cookie` unless that header is
 /// part of the key
-/// ([`CoalesceLayer::key_header`]). A request opts out with the bypass
-/// header ([`CoalesceLayer::bypass_header`], removed before the request goes
-/// on) or a predicate ([`CoalesceLayer::bypass_if`]).
+/// ([`CoalesceLayer::key_header`](crate::CoalesceLayer::key_header)). A request opts out with the bypass
+/// header ([`CoalesceLayer::bypass_header`](crate::CoalesceLayer::bypass_header), removed before the request goes
+/// on) or a predicate ([`CoalesceLayer::bypass_if`](crate::CoalesceLayer::bypass_if)).
 ///
 /// Requests are identical when their keys are: method, scheme, authority
 /// (or `Host`), path and query, and the values of the key headers
-/// (`Accept-Encoding` by default), or what [`CoalesceLayer::key_fn`]
+/// (`Accept-Encoding` by default), or what [`CoalesceLayer::key_fn`](crate::CoalesceLayer::key_fn)
 /// returns. `Range` and the conditional headers (`If-None-Match`,
 /// `If-Modified-Since`, `If-Match`, `If-Unmodified-Since`, `If-Range`) are
 /// always part of the key when present, so a partial or `304` response only
@@ -54,13 +54,13 @@ use crate::state::{Counters, Shared, Stats};
 /// come. The request belongs to all of them: if the first one's client goes
 /// away, the upstream request and its body go on for the others. Slow
 /// readers are never failed for being slow: what leaves the in-memory
-/// window ([`CoalesceLayer::body_window`]) is kept in a spill file
-/// ([`CoalesceLayer::spill_dir`], up to [`CoalesceLayer::spill_max`]).
+/// window ([`CoalesceLayer::body_window`](crate::CoalesceLayer::body_window)) is kept in a spill file
+/// ([`CoalesceLayer::spill_dir`](crate::CoalesceLayer::spill_dir), up to [`CoalesceLayer::spill_max`](crate::CoalesceLayer::spill_max)).
 ///
 /// - A response with `Set-Cookie`, `Cache-Control: private` or `no-store`,
 ///   or `Vary: *` goes to its own requester only. The other waiters then
 ///   send their own requests, all at once, and requests for that resource go
-///   straight through for [`CoalesceLayer::private_bypass`].
+///   straight through for [`CoalesceLayer::private_bypass`](crate::CoalesceLayer::private_bypass).
 /// - 5xx responses are shared like any other.
 /// - An inner service error becomes, for every waiter, `504 Gateway Timeout`
 ///   when it is a timeout ([`tower::timeout::error::Elapsed`] or an I/O
@@ -68,7 +68,7 @@ use crate::state::{Counters, Shared, Stats};
 ///   a short plain-text reason. Requests that were not coalesced get the
 ///   inner service's error unchanged.
 /// - Coalesced requests' responses carry `x-singleflight-shared: true` or
-///   `false` ([`CoalesceLayer::shared_header`]).
+///   `false` ([`CoalesceLayer::shared_header`](crate::CoalesceLayer::shared_header)).
 /// - Extensions of a shared response are cloned for every waiter.
 ///
 /// Flights are per [`Coalesce`]: its clones share them, but each service the
@@ -108,7 +108,7 @@ pub struct Coalesce<S> {
 }
 
 impl<S> Coalesce<S> {
-    /// Wraps `inner` with the default settings ([`CoalesceLayer::new`]).
+    /// Wraps `inner` with the default settings ([`CoalesceLayer::new`](crate::CoalesceLayer::new)).
     ///
     /// # Examples
     ///
@@ -121,11 +121,10 @@ impl<S> Coalesce<S> {
     /// assert_eq!(service.stats().flights, 0);
     /// ```
     pub fn new(inner: S) -> Self {
-        Self::with_layer(inner, &CoalesceLayer::new())
+        Self::with_config(inner, Arc::default())
     }
 
-    pub(crate) fn with_layer(inner: S, layer: &CoalesceLayer) -> Self {
-        let config = Arc::clone(&layer.config);
+    pub(crate) fn with_config(inner: S, config: Arc<Config>) -> Self {
         let mut builder = Group::builder();
         if let Some(name) = &config.metrics {
             builder = builder.metrics(name.clone());
@@ -183,7 +182,7 @@ impl<S> Coalesce<S> {
         self.shared.counters.snapshot()
     }
 
-    /// The core group's counters, when [`CoalesceLayer::metrics`] turned
+    /// The core group's counters, when [`CoalesceLayer::metrics`](crate::CoalesceLayer::metrics) turned
     /// them on.
     ///
     /// # Examples

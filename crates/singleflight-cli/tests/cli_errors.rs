@@ -134,20 +134,6 @@ fn proxy_without_upstream() {
 }
 
 #[test]
-fn proxy_with_unreachable_upstream() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    assert_bad_input(
-        &["proxy", "--listen", "127.0.0.1:0", "--upstream", &url],
-        &["--upstream", "start it first"],
-    );
-}
-
-#[test]
 fn stale_without_a_memo_ttl() {
     assert_bad_input(
         &["proxy", "--upstream", "http://127.0.0.1:9", "--stale", "5s"],

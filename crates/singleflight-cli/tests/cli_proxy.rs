@@ -5,21 +5,12 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use singleflight_cli::{Cli, Command, proxy, upstream};
-
-fn proxy_opts(args: &[&str]) -> proxy::ProxyOpts {
-    let argv = ["singleflight", "proxy"].iter().chain(args);
-    match Cli::parse_from(argv).command {
-        Command::Proxy(opts) => opts,
-        other => panic!("parsed {other:?}"),
-    }
-}
+use singleflight_cli::{proxy, upstream};
 
 async fn start(upstream: &upstream::Running, extra: &[&str]) -> proxy::Running {
     let url = upstream.url();
@@ -33,9 +24,7 @@ async fn start(upstream: &upstream::Running, extra: &[&str]) -> proxy::Running {
         "--quiet",
     ];
     args.extend_from_slice(extra);
-    proxy::start(proxy_opts(&args).resolve().unwrap())
-        .await
-        .unwrap()
+    proxy::start(proxy_opts(&args)).await.unwrap()
 }
 
 async fn post(url: &str, body: &'static [u8]) -> u16 {
@@ -198,12 +187,11 @@ fn flags_override_the_config_file() {
     )
     .unwrap();
     let path = path.to_string_lossy().into_owned();
-    let config = proxy_opts(&["--config", &path, "--listen", "127.0.0.1:7003"])
-        .resolve()
-        .unwrap();
+    let config = proxy_opts(&["--config", &path, "--listen", "127.0.0.1:7003"]);
+    config.check().unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:7003", "the flag wins");
     assert_eq!(
-        config.upstream.host_port(),
+        config.upstream().unwrap().host_port(),
         "127.0.0.1:7002",
         "the file fills the rest"
     );
@@ -259,7 +247,8 @@ async fn a_request_head_over_the_limit_is_refused() {
 #[test]
 fn the_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.example.toml");
-    let config = proxy_opts(&["--config", path]).resolve().unwrap();
+    let config = proxy_opts(&["--config", path]);
+    config.check().unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:8082");
     assert_eq!(
         config.admin.map(|a| a.to_string()).as_deref(),

@@ -2,12 +2,11 @@
 #![allow(dead_code, unreachable_pub)]
 
 use bytes::Bytes;
-use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use singleflight_cli::{Cli, Command, serve, upstream};
+use singleflight_cli::{Command, proxy, serve, upstream};
 
 /// The tests' HTTP client.
 pub type TestClient = Client<HttpConnector, Empty<Bytes>>;
@@ -34,10 +33,27 @@ pub async fn get(client: &TestClient, url: &str) -> (u16, http::HeaderMap, Strin
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// The command line of `singleflight SUBCOMMAND ARGS`, parsed as the binary does.
+pub fn command(subcommand: &str, args: &[&str]) -> Command {
+    let argv = ["singleflight", subcommand]
+        .into_iter()
+        .chain(args.iter().copied());
+    singleflight_cli::parse_from(argv)
+        .expect("test arguments")
+        .command
+}
+
+/// `proxy` options from argv.
+pub fn proxy_opts(args: &[&str]) -> proxy::ProxyOpts {
+    match command("proxy", args) {
+        Command::Proxy(opts) => opts,
+        other => panic!("parsed {other:?}"),
+    }
+}
+
 /// `upstream` options from argv.
 pub fn upstream_opts(args: &[&str]) -> upstream::UpstreamOpts {
-    let argv = ["singleflight", "upstream"].iter().chain(args);
-    match Cli::parse_from(argv).command {
+    match command("upstream", args) {
         Command::Upstream(opts) => opts,
         other => panic!("parsed {other:?}"),
     }
@@ -71,8 +87,7 @@ pub async fn serve_in_front_of(upstream_url: &str) -> serve::Running {
 
 /// `serve` options from argv.
 pub fn serve_opts(args: &[&str]) -> serve::ServeOpts {
-    let argv = ["singleflight", "serve"].iter().chain(args);
-    match Cli::parse_from(argv).command {
+    match command("serve", args) {
         Command::Serve(opts) => opts,
         other => panic!("parsed {other:?}"),
     }

@@ -84,22 +84,21 @@ pub(crate) fn client_config(extra_ca: Option<&Path>) -> anyhow::Result<ClientCon
 }
 
 /// The rustls error somewhere in `error`'s chain, if any. rustls errors
-/// travel inside `io::Error`, whose `source()` skips the error it wraps, so
-/// each `io::Error` is opened too.
+/// travel inside `io::Error`s (nested, as the connector wraps tokio-rustls's),
+/// whose `source()` skips the error they wrap, so each is opened too.
 fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut next = Some(error);
     while let Some(e) = next {
         if let Some(found) = e.downcast_ref::<rustls::Error>() {
             return Some(found);
         }
-        if let Some(found) = e
+        next = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(found);
-        }
-        next = e.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }

@@ -69,6 +69,7 @@ impl Proxy {
             peer,
             tls: self.handling.tls,
         });
+        absolute_uri(&mut request, self.handling.tls);
         let too_large = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -106,6 +107,35 @@ impl Proxy {
             line
         });
         Ok(response.map(|inner| Logged { inner, line }))
+    }
+}
+
+/// Gives the request the absolute URI an HTTP/2 request has (scheme from
+/// the listener, authority from `Host`), so that HTTP/1.1 and HTTP/2
+/// requests for one resource have one key and join one flight.
+fn absolute_uri<B>(request: &mut Request<B>, tls: bool) {
+    let uri = request.uri();
+    if uri.scheme().is_some() {
+        return;
+    }
+    let Some(authority) = uri.authority().cloned().or_else(|| {
+        let host = request.headers().get(header::HOST)?;
+        http::uri::Authority::try_from(host.as_bytes()).ok()
+    }) else {
+        return;
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(absolute) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = absolute;
     }
 }
 

@@ -87,9 +87,11 @@ impl Body for Watched {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) = polled {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        // A reader that knows the length stops at the last byte, without
+        // polling for the end: that is the end too.
+        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
             this.end.mark();
         }
         polled

@@ -1,0 +1,171 @@
+//! The built binary's log and configuration as a deployment sees them:
+//! JSON lines, the access log's fields, the log level, settings from the
+//! environment over the config file, and the one warning for an upstream
+//! that is not up yet.
+#![cfg(unix)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_json_log_line_parses_and_the_access_log_has_its_fields() {
+    let up = upstream_after("0").await;
+    let spawned = spawn_listening(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up.url(),
+            "--memo-ttl",
+            "60s",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let client = client();
+    let url = format!("{}/report?id=3", spawned.base);
+    for _ in 0..2 {
+        let (status, _, body) = get(&client, &url).await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+    }
+    spawned.signal("TERM");
+    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{log:#?}");
+    let lines: Vec<serde_json::Value> = log
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "singleflight::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{log:#?}");
+    for (line, source) in access.iter().zip(["flight", "memo"]) {
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["path"], "/report?id=3");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["bytes"], 3);
+        assert_eq!(line["source"], source, "{line}");
+        assert!(line["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(line["duration_ms"].is_number());
+    }
+    assert_eq!(access[0]["shared"], "false");
+    assert_eq!(access[1]["shared"], "true");
+    assert_eq!(*up.arrivals().borrow(), 1);
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_warn_leaves_out_the_access_log() {
+    let up = upstream_after("0").await;
+    // The "listening" line is info: the level comes from RUST_LOG's syntax,
+    // so keep it for the binary's own lines and drop the access log.
+    let spawned = spawn_listening(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up.url(),
+            "--log-level",
+            "info,singleflight::access=warn",
+        ],
+        &[],
+    );
+    let (status, _, _) = get(&client(), &format!("{}/x", spawned.base)).await;
+    assert_eq!(status, 200);
+    spawned.signal("TERM");
+    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains("GET")), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("shutting down")), "{log:#?}");
+    assert_eq!(*up.arrivals().borrow(), 1);
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_win_over_the_environment_and_the_environment_over_the_file() {
+    let up = upstream_after("100ms").await;
+    let config = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("env-over-file.toml");
+    // The file names an upstream where nothing listens, and a wait limit
+    // every request would exceed.
+    std::fs::write(
+        &config,
+        "upstream = \"http://127.0.0.1:9\"\nmax_wait = \"1ms\"\n",
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let spawned = spawn_listening(
+        &["proxy", "--config", &config, "--max-wait", "30s"],
+        &[
+            ("SINGLEFLIGHT_LISTEN", "127.0.0.1:0"),
+            ("SINGLEFLIGHT_UPSTREAM", &up.url()),
+            ("SINGLEFLIGHT_MEMO_TTL", "60s"),
+            ("SINGLEFLIGHT_MAX_WAIT", "2ms"),
+            ("SINGLEFLIGHT_QUIET", "true"),
+        ],
+    );
+    let client = client();
+    for _ in 0..2 {
+        let (status, _, body) = get(&client, &format!("{}/r", spawned.base)).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "ok\n"),
+            "the flag's --max-wait, the environment's upstream"
+        );
+    }
+    assert_eq!(
+        *up.arrivals().borrow(),
+        1,
+        "the environment's memo TTL answered the second"
+    );
+    spawned.signal("TERM");
+    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert!(
+        !log.iter().any(|l| l.contains("path=/r")),
+        "SINGLEFLIGHT_QUIET: {log:#?}"
+    );
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_not_up_yet_is_one_warning_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let upstream = format!("http://127.0.0.1:{port}");
+    let spawned = spawn_listening(
+        &["proxy", "--listen", "127.0.0.1:0", "--upstream", &upstream],
+        &[],
+    );
+    let (status, _, _) = get(&client(), &format!("{}/x", spawned.base)).await;
+    assert_eq!(status, 502);
+    spawned.signal("TERM");
+    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{log:#?}");
+    let warnings: Vec<&String> = log.iter().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{log:#?}");
+    assert!(warnings[0].contains(&upstream), "{log:#?}");
+    assert!(warnings[0].contains("502"), "{log:#?}");
+}

@@ -84,6 +84,42 @@ impl Listening {
 /// made for that connection.
 pub(crate) type Peer = SocketAddr;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A service that answers a connection's requests from any thread.
+pub(crate) trait ConnectionService<B>:
+    Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnectionService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+/// A response body that can move between threads.
+pub(crate) trait ResponseBody:
+    http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
 /// A server running on its own task.
 #[derive(Debug)]
 pub struct Server {
@@ -114,12 +150,8 @@ impl Server {
     ) -> anyhow::Result<Self>
     where
         M: Fn(Peer) -> S + Send + 'static,
-        S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ConnectionService<B>,
+        B: ResponseBody,
     {
         listening.check()?;
         let addr = listener.local_addr().context("reading the bound address")?;
@@ -167,12 +199,8 @@ async fn accept_loop<M, S, B>(
     mut stopped: watch::Receiver<bool>,
 ) where
     M: Fn(Peer) -> S + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnectionService<B>,
+    B: ResponseBody,
 {
     let limit = Arc::new(Semaphore::new(listening.max_connections));
     let graceful = GracefulShutdown::new();
@@ -251,12 +279,8 @@ async fn serve_connection<I, S, B>(
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ConnectionService<B>,
+    B: ResponseBody,
 {
     let connection = http.serve_connection(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {

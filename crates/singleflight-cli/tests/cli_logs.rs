@@ -13,18 +13,9 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_json_log_line_parses_and_the_access_log_has_its_fields() {
     let up = upstream_after("0").await;
-    let spawned = spawn_listening(
-        &[
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up.url(),
-            "--memo-ttl",
-            "60s",
-            "--log-format",
-            "json",
-        ],
+    let spawned = spawn_proxy(
+        &up.url(),
+        &["--memo-ttl", "60s", "--log-format", "json"],
         &[],
     );
     let client = client();
@@ -72,16 +63,9 @@ async fn log_level_warn_leaves_out_the_access_log() {
     let up = upstream_after("0").await;
     // The "listening" line is info: the level comes from RUST_LOG's syntax,
     // so keep it for the binary's own lines and drop the access log.
-    let spawned = spawn_listening(
-        &[
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up.url(),
-            "--log-level",
-            "info,singleflight::access=warn",
-        ],
+    let spawned = spawn_proxy(
+        &up.url(),
+        &["--log-level", "info,singleflight::access=warn"],
         &[],
     );
     let (status, _, _) = get(&client(), &format!("{}/x", spawned.base)).await;
@@ -153,10 +137,7 @@ async fn an_upstream_not_up_yet_is_one_warning_line() {
         .unwrap()
         .port();
     let upstream = format!("http://127.0.0.1:{port}");
-    let spawned = spawn_listening(
-        &["proxy", "--listen", "127.0.0.1:0", "--upstream", &upstream],
-        &[],
-    );
+    let spawned = spawn_proxy(&upstream, &[], &[]);
     let (status, _, _) = get(&client(), &format!("{}/x", spawned.base)).await;
     assert_eq!(status, 502);
     spawned.signal("TERM");

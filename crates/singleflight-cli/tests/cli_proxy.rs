@@ -13,18 +13,9 @@ use hyper_util::rt::TokioExecutor;
 use singleflight_cli::{proxy, upstream};
 
 async fn start(upstream: &upstream::Running, extra: &[&str]) -> proxy::Running {
-    let url = upstream.url();
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--upstream",
-        &url,
-        "--quiet",
-    ];
+    let mut args = vec!["--admin", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    proxy::start(proxy_opts(&args)).await.unwrap()
+    proxy_in_front_of(&upstream.url(), &args).await
 }
 
 async fn post(url: &str, body: &'static [u8]) -> u16 {
@@ -46,16 +37,7 @@ async fn a_burst_of_gets_makes_one_upstream_request_and_posts_are_never_coalesce
     let proxy = start(&up, &[]).await;
     let client = client();
     let url = format!("{}/report?id=7", proxy.url());
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..10 {
-        let (client, url) = (client.clone(), url.clone());
-        tasks.spawn(async move { get(&client, &url).await });
-    }
-    while let Some(done) = tasks.join_next().await {
-        let (status, headers, body) = done.unwrap();
-        assert_eq!((status, body.as_str()), (200, "ok\n"));
-        assert_eq!(headers.get("x-singleflight-shared").unwrap(), "true");
-    }
+    shared_burst(&client, &url, 10).await;
     assert_eq!(upstream_requests(&client, &up.url()).await, 1);
 
     let posts: Vec<_> = (0..3)
@@ -336,15 +318,7 @@ async fn started_with_its_upstream_down_it_answers_502_then_200_once_up() {
         .local_addr()
         .unwrap()
         .to_string();
-    let proxy = proxy::start(proxy_opts(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &format!("http://{addr}"),
-        "--quiet",
-    ]))
-    .await
-    .expect("starts without its upstream");
+    let proxy = proxy_in_front_of(&format!("http://{addr}"), &[]).await;
     let url = format!("{}/later", proxy.url());
     let (status, _, body) = get(&client(), &url).await;
     assert_eq!(status, 502, "{body}");

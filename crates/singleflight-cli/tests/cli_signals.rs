@@ -52,18 +52,7 @@ async fn a_second_signal_during_the_drain_exits_at_once() {
     // The request in flight would hold the drain for a minute.
     let up = upstream_after("60s").await;
     let mut arrivals = up.arrivals();
-    let mut spawned = spawn_listening(
-        &[
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up.url(),
-            "--shutdown-timeout",
-            "2m",
-        ],
-        &[],
-    );
+    let mut spawned = spawn_proxy(&up.url(), &["--shutdown-timeout", "2m"], &[]);
     let url = format!("{}/slow", spawned.base);
     let in_flight = tokio::spawn(async move {
         client()

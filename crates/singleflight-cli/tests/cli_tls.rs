@@ -3,16 +3,30 @@
 
 mod common;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::Command as Process;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
-use singleflight_cli::{proxy, serve};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::Connect;
+use singleflight_cli::serve;
 
-async fn proxy_to(upstream: &str, extra: &[&str]) -> proxy::Running {
-    let mut args = vec!["--listen", "127.0.0.1:0", "--upstream", upstream, "--quiet"];
-    args.extend_from_slice(extra);
-    proxy::start(proxy_opts(&args)).await.unwrap()
+type Got = (u16, http::HeaderMap, String, http::Version);
+
+/// A GET of `url` through `client`, to run at once with others.
+fn get_task<C>(
+    client: &Client<C, Empty<Bytes>>,
+    url: &str,
+) -> Pin<Box<dyn Future<Output = Got> + Send>>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let (client, url) = (client.clone(), url.to_string());
+    Box::pin(async move { get_via(&client, &url).await })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,19 +35,10 @@ async fn proxy_and_serve_reach_an_https_upstream_signed_by_the_upstream_ca() {
     let ca = TlsFiles::arg(&files.ca);
     let up = tls_upstream_after("500ms", &files).await;
     assert!(up.url().starts_with("https://127.0.0.1:"), "{}", up.url());
-    let proxy = proxy_to(&up.url(), &["--upstream-ca", &ca]).await;
+    let proxy = proxy_in_front_of(&up.url(), &["--upstream-ca", &ca]).await;
     let client = client();
     let url = format!("{}/report", proxy.url());
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let (client, url) = (client.clone(), url.clone());
-        tasks.spawn(async move { get(&client, &url).await });
-    }
-    while let Some(done) = tasks.join_next().await {
-        let (status, headers, body) = done.unwrap();
-        assert_eq!((status, body.as_str()), (200, "ok\n"));
-        assert_eq!(headers.get("x-singleflight-shared").unwrap(), "true");
-    }
+    shared_burst(&client, &url, 8).await;
     assert_eq!(
         arrivals(&up),
         1,
@@ -66,7 +71,7 @@ async fn an_untrusted_upstream_certificate_is_refused_naming_the_host_and_the_fi
     let host = up.url().trim_start_matches("https://").to_string();
 
     // The proxy starts, and answers 502 saying why.
-    let proxy = proxy_to(&up.url(), &[]).await;
+    let proxy = proxy_in_front_of(&up.url(), &[]).await;
     let (status, _, body) = get(&client(), &format!("{}/x", proxy.url())).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains(&host), "{body}");
@@ -118,22 +123,13 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_and_http1_requests_for_one_key_share_a_flight() {
     let up = upstream_after("1s").await;
-    let proxy = proxy_to(&up.url(), &[]).await;
+    let proxy = proxy_in_front_of(&up.url(), &[]).await;
     let url = format!("{}/shared?k=1", proxy.url());
     let (h1, h2) = (client(), h2c_client());
     let versions = burst_through(vec![
-        Box::pin({
-            let (c, u) = (h1.clone(), url.clone());
-            async move { get_via(&c, &u).await }
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
-        Box::pin({
-            let (c, u) = (h2.clone(), url.clone());
-            async move { get_via(&c, &u).await }
-        }),
-        Box::pin({
-            let (c, u) = (h2.clone(), url.clone());
-            async move { get_via(&c, &u).await }
-        }),
+        get_task(&h1, &url),
+        get_task(&h2, &url),
+        get_task(&h2, &url),
     ])
     .await;
     assert_eq!(
@@ -154,23 +150,39 @@ async fn tls_h2_and_tls_http1_requests_for_one_key_share_a_flight() {
     let files = TlsFiles::new("listener");
     let (cert, key) = (TlsFiles::arg(&files.cert), TlsFiles::arg(&files.key));
     let up = upstream_after("1s").await;
-    let proxy = proxy_to(&up.url(), &["--tls-cert", &cert, "--tls-key", &key]).await;
+    let proxy = proxy_in_front_of(&up.url(), &["--tls-cert", &cert, "--tls-key", &key]).await;
     assert!(proxy.url().starts_with("https://"), "{}", proxy.url());
     let url = format!("{}/shared?k=2", proxy.url());
     let (h1, h2) = (tls_client(&files.ca, false), tls_client(&files.ca, true));
-    let versions = burst_through(vec![
-        Box::pin({
-            let (c, u) = (h1.clone(), url.clone());
-            async move { get_via(&c, &u).await }
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
-        Box::pin({
-            let (c, u) = (h2.clone(), url.clone());
-            async move { get_via(&c, &u).await }
-        }),
-    ])
-    .await;
+    let versions = burst_through(vec![get_task(&h1, &url), get_task(&h2, &url)]).await;
     assert_eq!(versions, [http::Version::HTTP_11, http::Version::HTTP_2]);
     assert_eq!(arrivals(&up), 1, "one flight for both protocols");
     proxy.shutdown().await;
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_sends_its_budget_to_an_https_url_signed_by_the_upstream_ca() {
+    let files = TlsFiles::new("load");
+    let up = tls_upstream_after("0", &files).await;
+    let url = format!("{}/x", up.url());
+    let ca = TlsFiles::arg(&files.ca);
+    let singleflight_cli::Command::Load(opts) = command(
+        "load",
+        &[
+            &url,
+            "--requests",
+            "12",
+            "--concurrency",
+            "3",
+            "--upstream-ca",
+            &ca,
+        ],
+    ) else {
+        panic!("not load");
+    };
+    let reports = singleflight_cli::load::run(&opts).await.unwrap();
+    assert_eq!(reports[0].summary.ok, 12);
+    assert_eq!(arrivals(&up), 12);
     up.shutdown(Duration::from_secs(2)).await;
 }

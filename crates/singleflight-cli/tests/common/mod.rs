@@ -57,6 +57,20 @@ where
     )
 }
 
+/// `n` GETs of `url` at once; each must be the upstream's shared "ok".
+pub async fn shared_burst(client: &TestClient, url: &str, n: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (client, url) = (client.clone(), url.to_string());
+        tasks.spawn(async move { get(&client, &url).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (status, headers, body) = done.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        assert_eq!(headers.get("x-singleflight-shared").unwrap(), "true");
+    }
+}
+
 /// A client that speaks HTTP/2 with prior knowledge over cleartext (h2c).
 pub fn h2c_client() -> TestClient {
     Client::builder(TokioExecutor::new())
@@ -208,6 +222,33 @@ pub async fn serve_in_front_of(upstream_url: &str) -> serve::Running {
     ]))
     .await
     .unwrap()
+}
+
+/// `proxy` on a free loopback port, in front of `upstream_url`, quiet, with `extra` flags.
+pub async fn proxy_in_front_of(upstream_url: &str, extra: &[&str]) -> proxy::Running {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream_url,
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    proxy::start(proxy_opts(&args)).await.unwrap()
+}
+
+/// The binary's `proxy` on a free loopback port in front of `upstream_url`,
+/// with `extra` flags.
+pub fn spawn_proxy(upstream_url: &str, extra: &[&str], envs: &[(&str, &str)]) -> Spawned {
+    let mut args = vec![
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream_url,
+    ];
+    args.extend_from_slice(extra);
+    spawn_listening(&args, envs)
 }
 
 /// `serve` options from argv.

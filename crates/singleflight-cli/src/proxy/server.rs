@@ -202,8 +202,8 @@ impl Drop for AccessLine {
             status = self.status,
             bytes = self.bytes,
             duration_ms = (elapsed.as_secs_f64() * 1e4).round() / 10.0,
-            shared = self.shared,
-            source = self.source,
+            shared = %self.shared,
+            source = %self.source,
             "request"
         );
     }

@@ -134,6 +134,14 @@ fn proxy_without_upstream() {
 }
 
 #[test]
+fn a_log_filter_that_does_not_parse() {
+    assert_bad_input(
+        &["upstream", "--log-level", "info,x=loud"],
+        &["--log-level", "info,x=loud", "trace"],
+    );
+}
+
+#[test]
 fn stale_without_a_memo_ttl() {
     assert_bad_input(
         &["proxy", "--upstream", "http://127.0.0.1:9", "--stale", "5s"],

@@ -58,16 +58,11 @@ async fn every_json_log_line_parses_and_the_access_log_has_its_fields() {
     up.shutdown(Duration::from_secs(2)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_level_warn_leaves_out_the_access_log() {
+/// A proxy with the log filter given by `flags` and `envs` answers one
+/// request; whether its log has the access line.
+async fn access_line_logged(flags: &[&str], envs: &[(&str, &str)]) -> bool {
     let up = upstream_after("0").await;
-    // The "listening" line is info: the level comes from RUST_LOG's syntax,
-    // so keep it for the binary's own lines and drop the access log.
-    let spawned = spawn_proxy(
-        &up.url(),
-        &["--log-level", "info,singleflight::access=warn"],
-        &[],
-    );
+    let spawned = spawn_proxy(&up.url(), flags, envs);
     let (status, _, _) = get(&client(), &format!("{}/x", spawned.base)).await;
     assert_eq!(status, 200);
     spawned.signal("TERM");
@@ -75,10 +70,25 @@ async fn log_level_warn_leaves_out_the_access_log() {
         .await
         .unwrap();
     assert_eq!(code, Some(0), "{log:#?}");
-    assert!(!log.iter().any(|l| l.contains("GET")), "{log:#?}");
-    assert!(log.iter().any(|l| l.contains("shutting down")), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("shutting down")),
+        "the binary's own info lines stay: {log:#?}"
+    );
     assert_eq!(*up.arrivals().borrow(), 1);
     up.shutdown(Duration::from_secs(2)).await;
+    log.iter().any(|l| l.contains("path=/x"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_filter_comes_from_log_level_over_rust_log() {
+    let access_off = "info,singleflight::access=warn";
+    assert!(access_line_logged(&[], &[]).await, "info by default");
+    assert!(!access_line_logged(&["--log-level", access_off], &[]).await);
+    assert!(!access_line_logged(&[], &[("RUST_LOG", access_off)]).await);
+    assert!(
+        access_line_logged(&["--log-level", "info"], &[("RUST_LOG", access_off)]).await,
+        "--log-level wins over RUST_LOG"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

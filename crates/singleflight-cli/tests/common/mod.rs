@@ -282,8 +282,8 @@ pub fn spawn_listening(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_singleflight"))
         .args(args)
-        .envs(envs.iter().copied())
         .env_remove("RUST_LOG")
+        .envs(envs.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the binary");

@@ -29,12 +29,21 @@ fn env_name(long: &str) -> String {
     )
 }
 
-/// `command` with every long flag, in every subcommand, also read from its variable.
+/// `command` with every long flag, in every subcommand, also read from its
+/// variable; a switch (`--quiet`) reads `true`/`false`, `1`/`0`, `yes`/`no`
+/// or `on`/`off` there.
 pub(crate) fn with_env(command: Command) -> Command {
     command
-        .mut_args(|arg| match arg.get_long().map(env_name) {
-            Some(name) => arg.env(name),
-            None => arg,
+        .mut_args(|arg| {
+            let Some(name) = arg.get_long().map(env_name) else {
+                return arg;
+            };
+            let arg = arg.env(name);
+            if matches!(arg.get_action(), ArgAction::SetTrue) {
+                arg.value_parser(clap::builder::BoolishValueParser::new())
+            } else {
+                arg
+            }
         })
         .mut_subcommands(with_env)
 }

@@ -110,7 +110,7 @@ async fn flags_win_over_the_environment_and_the_environment_over_the_file() {
             ("SINGLEFLIGHT_UPSTREAM", &up.url()),
             ("SINGLEFLIGHT_MEMO_TTL", "60s"),
             ("SINGLEFLIGHT_MAX_WAIT", "2ms"),
-            ("SINGLEFLIGHT_QUIET", "true"),
+            ("SINGLEFLIGHT_QUIET", "1"),
         ],
     );
     let client = client();

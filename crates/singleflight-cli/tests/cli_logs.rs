@@ -24,11 +24,7 @@ async fn every_json_log_line_parses_and_the_access_log_has_its_fields() {
         let (status, _, body) = get(&client, &url).await;
         assert_eq!((status, body.as_str()), (200, "ok\n"));
     }
-    spawned.signal("TERM");
-    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
-        .await
-        .unwrap();
-    assert_eq!(code, Some(0), "{log:#?}");
+    let log = spawned.stop().await;
     let lines: Vec<serde_json::Value> = log
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
@@ -65,11 +61,7 @@ async fn access_line_logged(flags: &[&str], envs: &[(&str, &str)]) -> bool {
     let spawned = spawn_proxy(&up.url(), flags, envs);
     let (status, _, _) = get(&client(), &format!("{}/x", spawned.base)).await;
     assert_eq!(status, 200);
-    spawned.signal("TERM");
-    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
-        .await
-        .unwrap();
-    assert_eq!(code, Some(0), "{log:#?}");
+    let log = spawned.stop().await;
     assert!(
         log.iter().any(|l| l.contains("shutting down")),
         "the binary's own info lines stay: {log:#?}"
@@ -127,11 +119,7 @@ async fn flags_win_over_the_environment_and_the_environment_over_the_file() {
         1,
         "the environment's memo TTL answered the second"
     );
-    spawned.signal("TERM");
-    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
-        .await
-        .unwrap();
-    assert_eq!(code, Some(0), "{log:#?}");
+    let log = spawned.stop().await;
     assert!(
         !log.iter().any(|l| l.contains("path=/r")),
         "SINGLEFLIGHT_QUIET: {log:#?}"
@@ -150,11 +138,7 @@ async fn an_upstream_not_up_yet_is_one_warning_line() {
     let spawned = spawn_proxy(&upstream, &[], &[]);
     let (status, _, _) = get(&client(), &format!("{}/x", spawned.base)).await;
     assert_eq!(status, 502);
-    spawned.signal("TERM");
-    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
-        .await
-        .unwrap();
-    assert_eq!(code, Some(0), "{log:#?}");
+    let log = spawned.stop().await;
     let warnings: Vec<&String> = log.iter().filter(|l| l.contains("WARN")).collect();
     assert_eq!(warnings.len(), 1, "{log:#?}");
     assert!(warnings[0].contains(&upstream), "{log:#?}");

@@ -335,6 +335,16 @@ impl Spawned {
         assert!(sent.success());
     }
 
+    /// Sends SIGTERM and waits for a clean exit (code 0); the whole log.
+    pub async fn stop(self) -> Vec<String> {
+        self.signal("TERM");
+        let (code, log) = tokio::task::spawn_blocking(move || self.finish())
+            .await
+            .expect("wait for the binary");
+        assert_eq!(code, Some(0), "{log:#?}");
+        log
+    }
+
     /// Waits for the process to exit; its exit code and its whole log.
     pub fn finish(mut self) -> (Option<i32>, Vec<String>) {
         let status = self.child.wait().expect("wait for the binary");

@@ -53,7 +53,10 @@ pub(crate) fn with_env(command: Command) -> Command {
 pub(crate) fn parse(args: Vec<OsString>) -> anyhow::Result<Cli> {
     let base = Cli::command();
     let mut command = with_env(base.clone());
-    let mut matches = command.clone().try_get_matches_from(&args)?;
+    let mut matches = command
+        .clone()
+        .try_get_matches_from(&args)
+        .map_err(from_env)?;
     let file = matches.subcommand().and_then(|(name, sub)| {
         let path = sub.try_get_one::<PathBuf>("config").ok().flatten()?;
         Some((name.to_string(), path.clone()))
@@ -68,9 +71,36 @@ pub(crate) fn parse(args: Vec<OsString>) -> anyhow::Result<Cli> {
             }
             sub
         });
-        matches = command.try_get_matches_from(&args)?;
+        matches = command.try_get_matches_from(&args).map_err(from_env)?;
     }
     Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// A bad value that came from the environment, said as the variable it
+/// came from (clap names the flag, which the user did not write); any
+/// other error as it is.
+fn from_env(error: clap::Error) -> anyhow::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context = |kind| match error.get(kind) {
+        Some(ContextValue::String(text)) => Some(text.clone()),
+        _ => None,
+    };
+    if matches!(
+        error.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) && let (Some(flag), Some(value)) = (
+        context(ContextKind::InvalidArg),
+        context(ContextKind::InvalidValue),
+    ) {
+        let long = flag.trim_start_matches('-');
+        let variable = env_name(long.split([' ', '=']).next().unwrap_or(long));
+        if std::env::var(&variable).is_ok_and(|set| set == value) {
+            let why = std::error::Error::source(&error)
+                .map_or_else(|| error.kind().to_string(), ToString::to_string);
+            return BadInput::new(format!("{variable}={value:?}: {why}; fix or unset it")).into();
+        }
+    }
+    error.into()
 }
 
 /// The flags a file may set: the long ones but `--config` itself.

@@ -142,6 +142,21 @@ fn a_log_filter_that_does_not_parse() {
 }
 
 #[test]
+fn a_bad_value_in_the_environment_names_the_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_singleflight"))
+        .args(["proxy", "--upstream", "http://127.0.0.1:9"])
+        .env("SINGLEFLIGHT_MEMO_TTL", "soon")
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    for name in ["SINGLEFLIGHT_MEMO_TTL", "soon", "250ms"] {
+        assert!(stderr.contains(name), "{stderr:?} should name {name:?}");
+    }
+}
+
+#[test]
 fn stale_without_a_memo_ttl() {
     assert_bad_input(
         &["proxy", "--upstream", "http://127.0.0.1:9", "--stale", "5s"],

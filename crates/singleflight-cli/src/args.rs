@@ -1,11 +1,16 @@
-//! Value parsers shared by the subcommands: durations, listen addresses and
-//! upstream URLs, each with an error message that says what was expected.
+//! Value parsers and flags shared by the subcommands: durations, listen
+//! addresses, upstream URLs and a listener's TLS files, each with an error
+//! message that says what was expected.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
+
+use crate::BadInput;
 
 /// Parses a duration such as `250ms`, `1s`, `1.5s`, `2m`, `500us` or `0`.
 ///
@@ -54,7 +59,8 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// An `http://` URL with a host, as the upstream of `serve`, `proxy` and `load`.
+/// An `http://` or `https://` URL with a host, as the upstream of `serve`,
+/// `proxy` and `load`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpUrl(Uri);
 
@@ -64,13 +70,18 @@ impl HttpUrl {
         &self.0
     }
 
-    /// `host:port`, the port defaulting to 80.
+    /// Whether the URL is `https://`.
+    pub fn is_https(&self) -> bool {
+        self.0.scheme_str() == Some("https")
+    }
+
+    /// `host:port`, the port defaulting to 80 (443 for `https://`).
     pub fn host_port(&self) -> String {
         let authority = self.0.authority().map(|a| a.as_str()).unwrap_or_default();
-        if self.0.port().is_some() {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
+        match (self.0.port(), self.is_https()) {
+            (Some(_), _) => authority.to_string(),
+            (None, false) => format!("{authority}:80"),
+            (None, true) => format!("{authority}:443"),
         }
     }
 }
@@ -81,20 +92,26 @@ impl fmt::Display for HttpUrl {
     }
 }
 
-/// Parses an `http://HOST:PORT/path` URL (plain HTTP: the tools talk to local services).
+/// Parses an `http://HOST:PORT/path` or `https://HOST/path` URL.
 ///
 /// # Examples
 ///
 /// ```
 /// let url = singleflight_cli::parse_http_url("http://127.0.0.1:8081/status").unwrap();
 /// assert_eq!(url.host_port(), "127.0.0.1:8081");
+/// let url = singleflight_cli::parse_http_url("https://example.com/status").unwrap();
+/// assert_eq!(url.host_port(), "example.com:443");
 /// assert!(singleflight_cli::parse_http_url("127.0.0.1:8081").is_err());
 /// assert!(singleflight_cli::parse_http_url("ftp://example").is_err());
 /// ```
 pub fn parse_http_url(text: &str) -> Result<HttpUrl, String> {
-    let bad = || format!("'{text}' is not an http URL; write it like http://127.0.0.1:8081/status");
+    let bad = || {
+        format!(
+            "'{text}' is not an http or https URL; write it like http://127.0.0.1:8081/status or https://example.com/status"
+        )
+    };
     let uri: Uri = text.parse().map_err(|_| bad())?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
         return Err(bad());
     }
     let uri = if uri.path_and_query().is_none() {
@@ -116,5 +133,32 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
         format!("{:.1}ms", micros / 1e3)
     } else {
         format!("{:.3}s", micros / 1e6)
+    }
+}
+
+/// TLS on a server's listener: a certificate chain and its key, both PEM.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsFlags {
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate chain, PEM; needs --tls-key.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// The listener's TLS settings, or `None` for cleartext.
+    pub(crate) fn server_config(&self) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => crate::net::server_config(cert, key).map(Some),
+            (Some(_), None) => {
+                Err(BadInput::new("--tls-cert needs its key: add --tls-key FILE").into())
+            }
+            (None, Some(_)) => {
+                Err(BadInput::new("--tls-key needs its certificate: add --tls-cert FILE").into())
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::BadInput;
 use crate::args::{fmt_duration, parse_duration, parse_listen};
 use crate::load::{progress, timed_get};
-use crate::net::{HttpClient, http_client};
+use crate::net::{ClientSettings, HttpClient};
 use crate::plot::{Series, write_svg};
 use crate::prom::read_metric;
 use crate::serve::{self, ServeOpts};
@@ -106,6 +106,7 @@ pub async fn run(opts: &DemoOpts) -> anyhow::Result<DemoReport> {
     let serve_opts = ServeOpts {
         listen: parse_listen("127.0.0.1:0").map_err(anyhow::Error::msg)?,
         upstream: Some(upstream_url),
+        upstream_ca: None,
         delay: opts.delay,
         timeout: opts.delay * 4 + Duration::from_secs(5),
         shutdown_timeout: Duration::from_secs(2),
@@ -116,7 +117,7 @@ pub async fn run(opts: &DemoOpts) -> anyhow::Result<DemoReport> {
     let metrics_uri: http::Uri = format!("{}/metrics", upstream.url())
         .parse()
         .context("the upstream's /metrics URL")?;
-    let client = http_client(opts.clients);
+    let client = ClientSettings::new(opts.clients, None)?.client();
 
     eprintln!(
         "upstream {} (delay {}), server {}: {} clients per endpoint over {}",

@@ -1,19 +1,24 @@
 //! The `singleflight` command line: the article's demo server, a slow
 //! upstream, a one-command demo, a load tool and a coalescing proxy.
 //!
-//! `main.rs` only parses a [`Cli`] and calls [`run`]; tests build the same
-//! options with `Cli::parse_from` and drive the servers in-process.
+//! `main.rs` only parses a [`Cli`] with [`parse_from`] and calls [`run`];
+//! tests build the same options the same way and drive the servers
+//! in-process. Every flag can also be set in the environment as
+//! `SINGLEFLIGHT_<FLAG>` (`--memo-ttl` is `SINGLEFLIGHT_MEMO_TTL`), and the
+//! proxy's in a `--config` TOML file: flags win over the environment, the
+//! environment over the file.
 //!
 //! # Examples
 //!
 //! ```
-//! use clap::Parser;
-//! use singleflight_cli::{Cli, Command};
+//! use singleflight_cli::Command;
 //!
-//! let cli = Cli::parse_from(["singleflight", "demo", "--clients", "10", "--delay", "100ms"]);
+//! let cli = singleflight_cli::parse_from(["singleflight", "demo", "--clients", "10", "--delay", "100ms"])?;
 //! assert!(matches!(cli.command, Command::Demo(_)));
+//! # anyhow::Ok(())
 //! ```
 
+use std::ffi::OsString;
 use std::fmt;
 use std::io;
 
@@ -22,15 +27,18 @@ use clap::{Parser, Subcommand};
 mod args;
 pub mod demo;
 pub mod load;
+mod logging;
 mod net;
 mod plot;
 mod prom;
 pub mod proxy;
 pub mod serve;
+mod settings;
 mod stats;
 pub mod upstream;
 
-pub use args::{HttpUrl, parse_duration, parse_http_url, parse_listen};
+pub use args::{HttpUrl, TlsFlags, parse_duration, parse_http_url, parse_listen};
+pub use logging::{LogFlags, LogFormat};
 pub use net::Server;
 pub use prom::read_metric;
 
@@ -41,6 +49,26 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+    /// The log's filter and format.
+    #[command(flatten)]
+    pub log: LogFlags,
+}
+
+/// Parses a command line as the binary does: each flag from the arguments,
+/// else from `SINGLEFLIGHT_<FLAG>` in the environment, else from the
+/// subcommand's `--config` file, else its default.
+///
+/// # Errors
+///
+/// A [`clap::Error`] for the arguments and the environment (help and
+/// version included; see [`exit_on_clap_error`]), or a [`BadInput`] naming
+/// the config file, its line and the key.
+pub fn parse_from<I, T>(args: I) -> anyhow::Result<Cli>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    settings::parse(args.into_iter().map(Into::into).collect())
 }
 
 /// The subcommands.
@@ -134,7 +162,7 @@ pub fn exit_on_clap_error(error: &clap::Error) -> std::process::ExitCode {
 /// Bad input ([`BadInput`], exit code 2) or a failure while running.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let quiet = matches!(cli.command, Command::Demo(_) | Command::Load(_));
-    init_logging(quiet);
+    logging::init(&cli.log, if quiet { "warn" } else { "info" })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -151,17 +179,15 @@ pub async fn run_async(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Upstream(opts) => {
             let signals = net::StopSignals::install()?;
-            let server = upstream::start(&opts).await?;
+            let running = upstream::start(&opts).await?;
             tracing::info!(
                 "upstream listening on {} (delay {:?}, status {}); counter upstream_requests_total on /metrics",
-                server.url(),
+                running.url(),
                 opts.delay,
                 opts.status
             );
-            server
-                .server
-                .run_until_signal(signals, "upstream", opts.shutdown_timeout)
-                .await
+            let deadline = opts.shutdown_timeout;
+            net::drain_on_signal(signals, "upstream", deadline, || running.shutdown(deadline)).await
         }
         Command::Serve(opts) => {
             let signals = net::StopSignals::install()?;
@@ -179,33 +205,11 @@ pub async fn run_async(cli: Cli) -> anyhow::Result<()> {
                     running.upstream_url
                 ),
             }
-            signals.recv().await;
-            tracing::info!(
-                "serve: shutting down, finishing requests in flight (at most {:?})",
-                opts.shutdown_timeout
-            );
-            running.shutdown(opts.shutdown_timeout).await;
-            Ok(())
+            let deadline = opts.shutdown_timeout;
+            net::drain_on_signal(signals, "serve", deadline, || running.shutdown(deadline)).await
         }
         Command::Demo(opts) => demo::run(&opts).await.map(|_| ()),
         Command::Load(opts) => load::run(&opts).await.map(|_| ()),
-        Command::Proxy(opts) => proxy::run(&opts).await,
+        Command::Proxy(opts) => proxy::run(opts).await,
     }
-}
-
-fn init_logging(quiet: bool) {
-    use tracing_subscriber::filter::LevelFilter;
-    let level = if quiet {
-        LevelFilter::WARN
-    } else {
-        LevelFilter::INFO
-    };
-    let ansi = io::IsTerminal::is_terminal(&io::stderr());
-    // Already set (a test calling run twice): keep the first.
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .try_init();
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::BadInput;
 use crate::args::{HttpUrl, parse_duration, parse_http_url};
-use crate::net::{HttpClient, http_client, with_timeout};
+use crate::net::{ClientSettings, HttpClient, with_timeout};
 use crate::plot::{Series, write_svg};
 use crate::serve::SHARED_HEADER;
 use crate::stats::{Sample, Summary, table, write_stdout};
@@ -27,7 +27,7 @@ use crate::stats::{Sample, Summary, table, write_stdout};
 #[derive(Args, Clone, Debug)]
 #[command(group(clap::ArgGroup::new("budget").required(true).args(["requests", "duration"])))]
 pub struct LoadOpts {
-    /// The URLs to load, one after the other with the same budget.
+    /// The URLs to load (`http://` or `https://`), one after the other with the same budget.
     #[arg(required = true, value_parser = parse_http_url)]
     pub urls: Vec<HttpUrl>,
     /// Send this many requests to each URL.
@@ -50,6 +50,10 @@ pub struct LoadOpts {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// A CA certificate (PEM) the HTTPS URLs' servers may be signed by,
+    /// trusted besides the platform's roots.
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
     /// Also write a plot (latency against send time, histograms) to this SVG
     /// file, and as PNG next to it.
     #[arg(long)]
@@ -142,7 +146,7 @@ pub async fn run(opts: &LoadOpts) -> anyhow::Result<Vec<UrlReport>> {
         ))
         .into());
     }
-    let client = http_client(opts.concurrency);
+    let client = ClientSettings::new(opts.concurrency, opts.upstream_ca.as_deref())?.client();
     let mut reports = Vec::new();
     for url in &opts.urls {
         reports.push(load_one(opts, &client, url).await);

@@ -7,6 +7,7 @@
 //! was shared.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,12 @@ use http_body_util::BodyExt as _;
 use metrics::Counter;
 use singleflight::future::Group;
 
+use crate::BadInput;
 use crate::args::{HttpUrl, fmt_duration, parse_duration, parse_http_url, parse_listen};
-use crate::net::{HttpClient, Server, bind, http_client, probe_upstream, with_timeout};
+use crate::net::{
+    ClientSettings, HttpClient, Listening, Server, bind, describe_failure, probe_upstream,
+    with_timeout,
+};
 use crate::prom::{GroupCounters, Registry};
 use crate::upstream::{self, UpstreamOpts};
 
@@ -34,10 +39,14 @@ pub struct ServeOpts {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
-    /// The upstream to call; without it an embedded upstream is started on a
-    /// free loopback port.
+    /// The upstream to call, `http://` or `https://`; without it an embedded
+    /// upstream is started on a free loopback port.
     #[arg(long, value_parser = parse_http_url)]
     pub upstream: Option<HttpUrl>,
+    /// A CA certificate (PEM) an HTTPS upstream may be signed by, trusted
+    /// besides the platform's roots.
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
     /// The embedded upstream's delay (ignored with --upstream).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub delay: Duration,
@@ -120,11 +129,15 @@ struct App {
 ///
 /// # Errors
 ///
-/// An address that cannot be listened on, or an upstream that cannot be reached.
+/// An address that cannot be listened on, an unreadable `--upstream-ca`, or
+/// an upstream that cannot be reached (or whose certificate is not trusted).
 pub async fn start(opts: &ServeOpts) -> anyhow::Result<Running> {
+    let client = ClientSettings::new(1024, opts.upstream_ca.as_deref())?;
     let (upstream_server, upstream_url) = match &opts.upstream {
         Some(url) => {
-            probe_upstream(url, "--upstream").await?;
+            probe_upstream(url, &client, "--upstream")
+                .await
+                .map_err(BadInput::new)?;
             (None, url.clone())
         }
         None => {
@@ -158,7 +171,7 @@ pub async fn start(opts: &ServeOpts) -> anyhow::Result<Running> {
         ),
     };
     let app = Arc::new(App {
-        client: http_client(1024),
+        client: client.client(),
         upstream: upstream_url.clone(),
         timeout: opts.timeout,
         quiet: opts.quiet,
@@ -175,7 +188,7 @@ pub async fn start(opts: &ServeOpts) -> anyhow::Result<Running> {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(app);
-    let server = Server::spawn(listener, router)?;
+    let server = Server::router(listener, Listening::default(), router)?;
     Ok(Running {
         server,
         upstream: upstream_server,
@@ -188,7 +201,7 @@ async fn fetch_status(client: &HttpClient, url: &HttpUrl, limit: Duration) -> Fe
         let response = client
             .get(url.uri().clone())
             .await
-            .map_err(|e| Arc::<str>::from(format!("{e:#}")))?;
+            .map_err(|e| Arc::<str>::from(describe_failure(&e, url)))?;
         let status = response.status().as_u16();
         // Read the body so the connection goes back to the pool.
         response

@@ -24,8 +24,8 @@ use metrics::Counter;
 use tokio::sync::watch;
 
 use crate::BadInput;
-use crate::args::{parse_duration, parse_listen};
-use crate::net::{Server, bind};
+use crate::args::{TlsFlags, parse_duration, parse_listen};
+use crate::net::{Listening, Server, bind};
 use crate::prom::Registry;
 
 /// Options of `singleflight upstream`.
@@ -56,6 +56,9 @@ pub struct UpstreamOpts {
     /// How long to wait for requests in flight on shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// TLS on the listener.
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 impl UpstreamOpts {
@@ -70,6 +73,7 @@ impl UpstreamOpts {
             chunks: 1,
             chunk_interval: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(5),
+            tls: TlsFlags::default(),
         }
     }
 }
@@ -96,7 +100,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// The base URL, `http://IP:PORT`.
+    /// The base URL, `http://IP:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
         self.server.url()
     }
@@ -131,7 +135,8 @@ impl Running {
 ///
 /// # Errors
 ///
-/// A status code out of range, or an address that cannot be listened on.
+/// A status code out of range, unusable TLS files, or an address that
+/// cannot be listened on.
 pub async fn start(opts: &UpstreamOpts) -> anyhow::Result<Running> {
     let status = StatusCode::from_u16(opts.status).map_err(|_| {
         BadInput::new(format!(
@@ -167,9 +172,13 @@ pub async fn start(opts: &UpstreamOpts) -> anyhow::Result<Running> {
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(answer)
         .with_state(state);
+    let listening = Listening {
+        tls: opts.tls.server_config()?,
+        ..Listening::default()
+    };
     let listener = bind(opts.listen, "--listen").await?;
     Ok(Running {
-        server: Server::spawn(listener, router)?,
+        server: Server::router(listener, listening, router)?,
         arrivals: arrivals_rx,
     })
 }

@@ -134,17 +134,26 @@ fn proxy_without_upstream() {
 }
 
 #[test]
-fn proxy_with_unreachable_upstream() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
+fn a_log_filter_that_does_not_parse() {
     assert_bad_input(
-        &["proxy", "--listen", "127.0.0.1:0", "--upstream", &url],
-        &["--upstream", "start it first"],
+        &["upstream", "--log-level", "info,x=loud"],
+        &["--log-level", "info,x=loud", "trace"],
     );
+}
+
+#[test]
+fn a_bad_value_in_the_environment_names_the_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_singleflight"))
+        .args(["proxy", "--upstream", "http://127.0.0.1:9"])
+        .env("SINGLEFLIGHT_MEMO_TTL", "soon")
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    for name in ["SINGLEFLIGHT_MEMO_TTL", "soon", "250ms"] {
+        assert!(stderr.contains(name), "{stderr:?} should name {name:?}");
+    }
 }
 
 #[test]

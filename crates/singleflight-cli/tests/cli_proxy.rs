@@ -5,37 +5,17 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use singleflight_cli::{Cli, Command, proxy, upstream};
-
-fn proxy_opts(args: &[&str]) -> proxy::ProxyOpts {
-    let argv = ["singleflight", "proxy"].iter().chain(args);
-    match Cli::parse_from(argv).command {
-        Command::Proxy(opts) => opts,
-        other => panic!("parsed {other:?}"),
-    }
-}
+use singleflight_cli::{proxy, upstream};
 
 async fn start(upstream: &upstream::Running, extra: &[&str]) -> proxy::Running {
-    let url = upstream.url();
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--upstream",
-        &url,
-        "--quiet",
-    ];
+    let mut args = vec!["--admin", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    proxy::start(proxy_opts(&args).resolve().unwrap())
-        .await
-        .unwrap()
+    proxy_in_front_of(&upstream.url(), &args).await
 }
 
 async fn post(url: &str, body: &'static [u8]) -> u16 {
@@ -57,16 +37,7 @@ async fn a_burst_of_gets_makes_one_upstream_request_and_posts_are_never_coalesce
     let proxy = start(&up, &[]).await;
     let client = client();
     let url = format!("{}/report?id=7", proxy.url());
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..10 {
-        let (client, url) = (client.clone(), url.clone());
-        tasks.spawn(async move { get(&client, &url).await });
-    }
-    while let Some(done) = tasks.join_next().await {
-        let (status, headers, body) = done.unwrap();
-        assert_eq!((status, body.as_str()), (200, "ok\n"));
-        assert_eq!(headers.get("x-singleflight-shared").unwrap(), "true");
-    }
+    shared_burst(&client, &url, 10).await;
     assert_eq!(upstream_requests(&client, &up.url()).await, 1);
 
     let posts: Vec<_> = (0..3)
@@ -198,12 +169,11 @@ fn flags_override_the_config_file() {
     )
     .unwrap();
     let path = path.to_string_lossy().into_owned();
-    let config = proxy_opts(&["--config", &path, "--listen", "127.0.0.1:7003"])
-        .resolve()
-        .unwrap();
+    let config = proxy_opts(&["--config", &path, "--listen", "127.0.0.1:7003"]);
+    config.check().unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:7003", "the flag wins");
     assert_eq!(
-        config.upstream.host_port(),
+        config.upstream().unwrap().host_port(),
         "127.0.0.1:7002",
         "the file fills the rest"
     );
@@ -259,7 +229,8 @@ async fn a_request_head_over_the_limit_is_refused() {
 #[test]
 fn the_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.example.toml");
-    let config = proxy_opts(&["--config", path]).resolve().unwrap();
+    let config = proxy_opts(&["--config", path]);
+    config.check().unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:8082");
     assert_eq!(
         config.admin.map(|a| a.to_string()).as_deref(),
@@ -267,4 +238,112 @@ fn the_example_config_is_valid() {
     );
     assert_eq!(config.max_wait, Some(Duration::from_secs(5)));
     assert_eq!(config.max_body_bytes, 8 << 20);
+}
+
+/// An upstream that answers every request with the request's headers, one
+/// `name: value` line each.
+async fn echo_headers() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
+        let mut text = String::new();
+        for (name, value) in &headers {
+            text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+        }
+        text
+    });
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, task)
+}
+
+async fn headers_seen_upstream(extra: &[&str]) -> (String, String, String) {
+    let (upstream, task) = echo_headers().await;
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let proxy = proxy::start(proxy_opts(&args)).await.unwrap();
+    let request = http::Request::get(format!("{}/who", proxy.url()))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("via", "1.1 edge")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let proxy_host = proxy.local_addr().to_string();
+    proxy.shutdown().await;
+    task.abort();
+    let upstream_host = upstream.trim_start_matches("http://").to_string();
+    (
+        String::from_utf8_lossy(&body).into_owned(),
+        proxy_host,
+        upstream_host,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_sees_the_forwarding_headers_and_its_own_host() {
+    let (seen, proxy_host, upstream_host) = headers_seen_upstream(&[]).await;
+    let lines: Vec<&str> = seen.lines().collect();
+    for expected in [
+        "x-forwarded-for: 203.0.113.9, 127.0.0.1".to_string(),
+        "x-forwarded-proto: http".to_string(),
+        format!("x-forwarded-host: {proxy_host}"),
+        "via: 1.1 edge, 1.1 singleflight".to_string(),
+        format!("host: {upstream_host}"),
+    ] {
+        assert!(lines.contains(&expected.as_str()), "{expected:?} in {seen}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preserve_host_sends_the_clients_host() {
+    let (seen, proxy_host, _) = headers_seen_upstream(&["--preserve-host"]).await;
+    let host = format!("host: {proxy_host}");
+    assert!(seen.lines().any(|l| l == host), "{host:?} in {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_with_its_upstream_down_it_answers_502_then_200_once_up() {
+    // Bind then drop to find a loopback port with nothing listening.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let proxy = proxy_in_front_of(&format!("http://{addr}"), &[]).await;
+    let url = format!("{}/later", proxy.url());
+    let (status, _, body) = get(&client(), &url).await;
+    assert_eq!(status, 502, "{body}");
+    let up = upstream::start(&upstream_opts(&["--listen", &addr, "--delay", "0"]))
+        .await
+        .unwrap();
+    let (status, _, body) = get(&client(), &url).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    proxy.shutdown().await;
+    up.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_once_the_drain_starts_while_healthz_stays_ok() {
+    let up = upstream_after("0").await;
+    let proxy = start(&up, &[]).await;
+    let admin = proxy.admin_url().unwrap();
+    let client = client();
+    let (status, _, body) = get(&client, &format!("{admin}/readyz")).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    proxy.stop_ready();
+    let (status, _, body) = get(&client, &format!("{admin}/readyz")).await;
+    assert_eq!((status, body.as_str()), (503, "draining\n"));
+    let (status, _, _) = get(&client, &format!("{admin}/healthz")).await;
+    assert_eq!(status, 200, "the process is alive");
+    proxy.shutdown().await;
+    up.shutdown(Duration::from_secs(2)).await;
 }

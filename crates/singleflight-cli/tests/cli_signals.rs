@@ -1,66 +1,39 @@
 //! The built binary on SIGTERM: stops accepting, finishes the request in
-//! flight, exits 0.
+//! flight, exits 0; a second signal during the drain exits at once.
 #![cfg(unix)]
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-fn listening_url(line: &str) -> Option<String> {
-    let start = line.find("listening on http://")? + "listening on ".len();
-    let rest = &line[start..];
-    Some(rest[..rest.find(' ').unwrap_or(rest.len())].to_string())
-}
 
 async fn sigterm_finishes_the_request_in_flight(subcommand: &str, path: &str) {
     let up = upstream_after("300ms").await;
     let mut arrivals = up.arrivals();
     let upstream_url = format!("{}/status", up.url());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_singleflight"))
-        .args([
+    let spawned = spawn_listening(
+        &[
             subcommand,
             "--listen",
             "127.0.0.1:0",
             "--upstream",
             &upstream_url,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The first log line says where it listens.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let base = listening_url(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
-    // Keep draining the log so the child never blocks on a full pipe.
-    let drain = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
-        rest
-    });
-
-    let url = format!("{base}{path}");
+        ],
+        &[],
+    );
+    let url = format!("{}{path}", spawned.base);
     let in_flight = tokio::spawn(async move { get(&client(), &url).await });
     arrivals.wait_for(|n| *n >= 1).await.unwrap();
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    spawned.signal("TERM");
 
     let (status, _, _) = in_flight.await.unwrap();
     assert_eq!(status, 200, "the request in flight was answered");
-    let exit = tokio::task::spawn_blocking(move || child.wait())
+    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(exit.code(), Some(0));
-    let log = drain.join().unwrap();
-    assert!(log.contains("shutting down"), "{log}");
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("shutting down")), "{log:#?}");
     up.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -72,4 +45,39 @@ async fn serve_finishes_its_request_in_flight_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_finishes_its_request_in_flight_on_sigterm() {
     sigterm_finishes_the_request_in_flight("proxy", "/status").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_exits_at_once() {
+    // The request in flight would hold the drain for a minute.
+    let up = upstream_after("60s").await;
+    let mut arrivals = up.arrivals();
+    let mut spawned = spawn_proxy(&up.url(), &["--shutdown-timeout", "2m"], &[]);
+    let url = format!("{}/slow", spawned.base);
+    let in_flight = tokio::spawn(async move {
+        client()
+            .get(url.parse().unwrap())
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    arrivals.wait_for(|n| *n >= 1).await.unwrap();
+    spawned.signal("TERM");
+    let spawned = tokio::task::spawn_blocking(move || {
+        spawned.wait_for_line("shutting down");
+        spawned
+    })
+    .await
+    .unwrap();
+    spawned.signal("INT");
+    let (code, log) = tokio::task::spawn_blocking(move || spawned.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{log:#?}");
+    let last = log.last().expect("a log");
+    assert!(last.contains("second signal"), "{log:#?}");
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the request in flight was dropped, not answered"
+    );
+    up.shutdown(Duration::from_millis(100)).await;
 }

@@ -1,0 +1,137 @@
+//! The proxy's settings: one field per flag. Each also comes from the
+//! environment (`SINGLEFLIGHT_<FLAG>`) and from `--config`'s TOML file
+//! (the field's name as the key), layered by [`crate::settings`]: flags win
+//! over the environment, the environment over the file, the file over the
+//! defaults. A new setting is a field here, and its check in
+//! [`ProxyOpts::check`] if it needs one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use singleflight_tower::CoalesceLayer;
+
+use crate::BadInput;
+use crate::args::{HttpUrl, TlsFlags, parse_duration, parse_http_url, parse_listen};
+use crate::net::Listening;
+
+/// Options of `singleflight proxy`.
+#[derive(Args, Clone, Debug)]
+#[non_exhaustive]
+pub struct ProxyOpts {
+    /// Address to listen on: HTTP/1.1 and HTTP/2 (prior knowledge), or HTTPS with --tls-cert.
+    #[arg(long, default_value = "127.0.0.1:8082", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// The upstream, `http://HOST:PORT` or `https://HOST` (its path, if any, prefixes every request's).
+    #[arg(long, value_parser = parse_http_url)]
+    pub upstream: Option<HttpUrl>,
+    /// A CA certificate (PEM) an HTTPS upstream may be signed by, trusted besides the platform's roots.
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
+    /// A TOML file with any of these options (same names, `_` for `-`); flags and the environment win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Keep a successful response this long after its flight (memoisation).
+    #[arg(long, value_parser = parse_duration)]
+    pub memo_ttl: Option<Duration>,
+    /// Past the memo TTL, serve the old response this long while one refresh runs.
+    #[arg(long, value_parser = parse_duration)]
+    pub stale: Option<Duration>,
+    /// The longest a request waits for its response head; past it, 504 for
+    /// that request while the flight goes on for the others [default: none].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_wait: Option<Duration>,
+    /// The longest an upstream request may take to answer; past it, 504.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Send the client's `Host` to the upstream instead of the upstream's own.
+    #[arg(long)]
+    pub preserve_host: bool,
+    /// Address for /metrics, /healthz and /readyz [default: none].
+    #[arg(long, value_parser = parse_listen)]
+    pub admin: Option<SocketAddr>,
+    /// How long to wait for requests in flight on shutdown.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Largest request head in bytes, at least 8192; larger gets 431.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes; larger gets 413.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body_bytes: u64,
+    /// TLS on the listener.
+    #[command(flatten)]
+    pub tls: TlsFlags,
+    /// Do not log a line per request.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl ProxyOpts {
+    /// The upstream, which has no default.
+    ///
+    /// # Errors
+    ///
+    /// No `--upstream` (nor `SINGLEFLIGHT_UPSTREAM`, nor `upstream` in the file).
+    pub fn upstream(&self) -> anyhow::Result<&HttpUrl> {
+        self.upstream.as_ref().ok_or_else(|| {
+            BadInput::new(
+                "no upstream: pass --upstream http://HOST:PORT, set SINGLEFLIGHT_UPSTREAM, or set `upstream` in --config",
+            )
+            .into()
+        })
+    }
+
+    /// Checks that the settings go together.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cli = singleflight_cli::parse_from(["singleflight", "proxy", "--upstream", "http://127.0.0.1:8081"])?;
+    /// let singleflight_cli::Command::Proxy(opts) = cli.command else { unreachable!() };
+    /// opts.check()?;
+    /// assert_eq!(opts.listen.to_string(), "127.0.0.1:8082");
+    /// assert_eq!(opts.upstream_timeout.as_secs(), 30);
+    /// # anyhow::Ok(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A missing upstream, or a setting the proxy cannot honour.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.upstream()?;
+        if self.stale.is_some() && self.memo_ttl.is_none() {
+            return Err(BadInput::new(
+                "--stale serves a kept response past its TTL, so it needs --memo-ttl; add --memo-ttl D",
+            )
+            .into());
+        }
+        self.listening()?.check()
+    }
+
+    /// How the listener accepts and serves connections.
+    pub(super) fn listening(&self) -> anyhow::Result<Listening> {
+        Ok(Listening {
+            tls: self.tls.server_config()?,
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            connections: None,
+        })
+    }
+
+    /// The coalescing layer as the settings ask for it.
+    pub(super) fn coalesce_layer(&self) -> CoalesceLayer {
+        let mut layer = CoalesceLayer::new().metrics("proxy");
+        if let Some(ttl) = self.memo_ttl {
+            layer = layer.memo(ttl);
+            if let Some(grace) = self.stale {
+                layer = layer.stale_while_revalidate(grace);
+            }
+        }
+        layer
+    }
+}

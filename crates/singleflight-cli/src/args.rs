@@ -45,6 +45,44 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| expected())
 }
 
+/// Parses a size in bytes such as `65536`, `64KiB`, `4MiB`, `1GiB` or
+/// `500MB` (`K`, `M`, `G` and the `iB` units are powers of 1024, `KB`,
+/// `MB` and `GB` of 1000; case does not matter).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(singleflight_cli::parse_bytes("4MiB"), Ok(4 << 20));
+/// assert_eq!(singleflight_cli::parse_bytes("1gib"), Ok(1 << 30));
+/// assert_eq!(singleflight_cli::parse_bytes("500MB"), Ok(500_000_000));
+/// assert_eq!(singleflight_cli::parse_bytes("65536"), Ok(65536));
+/// assert!(singleflight_cli::parse_bytes("lots").is_err());
+/// ```
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let expected = || {
+        format!(
+            "'{text}' is not a size; write it in bytes (65536) or with a unit, like 64KiB, 4MiB or 1GiB"
+        )
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(expected()),
+    };
+    number.checked_mul(scale).ok_or_else(expected)
+}
+
 /// Parses a listen address such as `127.0.0.1:8080` or `[::1]:0`.
 ///
 /// # Examples

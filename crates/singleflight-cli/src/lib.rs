@@ -37,7 +37,7 @@ mod settings;
 mod stats;
 pub mod upstream;
 
-pub use args::{HttpUrl, TlsFlags, parse_duration, parse_http_url, parse_listen};
+pub use args::{HttpUrl, TlsFlags, parse_bytes, parse_duration, parse_http_url, parse_listen};
 pub use logging::{LogFlags, LogFormat};
 pub use net::Server;
 pub use prom::read_metric;

@@ -163,3 +163,44 @@ fn stale_without_a_memo_ttl() {
         &["--stale", "--memo-ttl"],
     );
 }
+
+#[test]
+fn unparsable_sizes() {
+    assert_bad_input(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--body-window",
+            "lots",
+        ],
+        &["--body-window", "lots", "4MiB"],
+    );
+    assert_bad_input(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--spill-max",
+            "1TB",
+        ],
+        &["--spill-max", "1TB", "1GiB"],
+    );
+}
+
+#[test]
+fn a_spill_directory_that_cannot_hold_a_file() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().expect("a UTF-8 path");
+    assert_bad_input(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--spill-dir",
+            missing,
+        ],
+        &["--spill-dir", missing, "create the directory"],
+    );
+}

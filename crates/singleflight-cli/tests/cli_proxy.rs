@@ -238,6 +238,7 @@ fn the_example_config_is_valid() {
     );
     assert_eq!(config.max_wait, Some(Duration::from_secs(5)));
     assert_eq!(config.max_body_bytes, 8 << 20);
+    assert_eq!((config.body_window, config.spill_max), (4 << 20, 1 << 30));
 }
 
 /// An upstream that answers every request with the request's headers, one
@@ -346,4 +347,75 @@ async fn readyz_fails_once_the_drain_starts_while_healthz_stays_ok() {
     assert_eq!(status, 200, "the process is alive");
     proxy.shutdown().await;
     up.shutdown(Duration::from_secs(2)).await;
+}
+
+/// A GET on a connection of its own: the response's head, and its body to
+/// read when the caller likes (the connection lives as long as the body).
+async fn get_on_own_connection(url: &str) -> http::Response<hyper::body::Incoming> {
+    let uri: http::Uri = url.parse().unwrap();
+    let authority = uri.authority().unwrap().as_str().to_owned();
+    let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(uri)
+        .header(http::header::HOST, authority)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    sender.send_request(request).await.unwrap()
+}
+
+/// Two clients of one 32 MiB response through `proxy`, both asking before
+/// the upstream answers (one flight): one reads it all at once, the other
+/// only once the first is done. Returns what the second read (its length,
+/// or the error its body ended with) and the upstream requests made.
+async fn a_reader_left_behind(extra: &[&str]) -> (Result<usize, String>, u64) {
+    let up = upstream::start(&upstream_opts(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--delay",
+        "300ms",
+        "--body-bytes",
+        "33554432",
+    ]))
+    .await
+    .unwrap();
+    let proxy = start(&up, extra).await;
+    let url = format!("{}/large", proxy.url());
+    let (behind, first) = tokio::join!(get_on_own_connection(&url), get_on_own_connection(&url));
+    let first = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(first.len(), 32 << 20);
+    let second = match behind.into_body().collect().await {
+        Ok(body) => Ok(body.to_bytes().len()),
+        Err(error) => Err(error.to_string()),
+    };
+    let requests = upstream_requests(&client(), &up.url()).await;
+    proxy.shutdown().await;
+    up.shutdown(Duration::from_secs(2)).await;
+    (second, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_the_body_window_reads_from_the_spill_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let spill_dir = dir.path().to_str().unwrap();
+    let (read, requests) =
+        a_reader_left_behind(&["--body-window", "1MiB", "--spill-dir", spill_dir]).await;
+    assert_eq!(read, Ok(32 << 20), "every byte, from the spill file");
+    assert_eq!(requests, 1);
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_spill_max_zero_a_reader_behind_the_window_is_cut_off_not_cut_short() {
+    let outcome = a_reader_left_behind(&["--body-window", "1MiB", "--spill-max", "0"]).await;
+    // Cut off mid-body; or, had it come for its head only after the first
+    // byte was dropped, a whole body of its own. Never a short clean one.
+    match outcome {
+        (Err(_), 1) => {}
+        (Ok(len), 2) => assert_eq!(len, 32 << 20),
+        other => panic!("a short body or a lost request: {other:?}"),
+    }
 }

@@ -13,7 +13,7 @@ use clap::Args;
 use singleflight_tower::CoalesceLayer;
 
 use crate::BadInput;
-use crate::args::{HttpUrl, TlsFlags, parse_duration, parse_http_url, parse_listen};
+use crate::args::{HttpUrl, TlsFlags, parse_bytes, parse_duration, parse_http_url, parse_listen};
 use crate::net::Listening;
 
 /// Options of `singleflight proxy`.
@@ -63,6 +63,18 @@ pub struct ProxyOpts {
     /// Largest request body in bytes; larger gets 413.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: u64,
+    /// Bytes of a response body each flight keeps in memory for its
+    /// readers (the newest); older bytes go to the spill file.
+    #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+    pub body_window: u64,
+    /// Directory of the flights' spill files (unlinked at once, so nothing
+    /// is left there) [default: the system's temporary directory].
+    #[arg(long)]
+    pub spill_dir: Option<PathBuf>,
+    /// Bytes of one flight's body kept on disk, at most; past it, readers
+    /// that are behind fail and new requests go upstream. 0: no spill file.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub spill_max: u64,
     /// TLS on the listener.
     #[command(flatten)]
     pub tls: TlsFlags,
@@ -110,6 +122,22 @@ impl ProxyOpts {
             )
             .into());
         }
+        if usize::try_from(self.body_window).is_err() {
+            return Err(BadInput::new(format!(
+                "--body-window {} does not fit this machine's memory; use a few MiB",
+                self.body_window
+            ))
+            .into());
+        }
+        if let Some(dir) = &self.spill_dir
+            && let Err(error) = tempfile::tempfile_in(dir)
+        {
+            return Err(BadInput::new(format!(
+                "--spill-dir {}: cannot make a file there ({error}); create the directory, make it writable, or pick another",
+                dir.display()
+            ))
+            .into());
+        }
         self.listening()?.check()
     }
 
@@ -125,7 +153,13 @@ impl ProxyOpts {
 
     /// The coalescing layer as the settings ask for it.
     pub(super) fn coalesce_layer(&self) -> CoalesceLayer {
-        let mut layer = CoalesceLayer::new().metrics("proxy");
+        let mut layer = CoalesceLayer::new()
+            .metrics("proxy")
+            .body_window(usize::try_from(self.body_window).unwrap_or(usize::MAX))
+            .spill_max(self.spill_max);
+        if let Some(dir) = &self.spill_dir {
+            layer = layer.spill_dir(dir);
+        }
         if let Some(ttl) = self.memo_ttl {
             layer = layer.memo(ttl);
             if let Some(grace) = self.stale {

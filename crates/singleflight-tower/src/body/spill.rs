@@ -17,8 +17,11 @@ use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
 
-/// The most a reader takes from the file at once.
-pub(crate) const READ_CHUNK: usize = 64 << 10;
+/// The most a reader takes from the file at once. Larger reads cost fewer
+/// calls and frames; past 256 KiB, a herd of readers behind holds more
+/// memory for no gain (measured with 50 readers of a 50 MiB body: 64 KiB
+/// 0.92 s, 128 KiB 0.94 s, 256 KiB 0.87 s, 512 KiB 0.89 s, medians).
+pub(crate) const READ_CHUNK: usize = 256 << 10;
 
 /// Makes an unlinked file in `dir`, or in the system's temporary directory.
 pub(crate) fn create(dir: Option<&Path>) -> io::Result<File> {

@@ -367,9 +367,11 @@ async fn get_on_own_connection(url: &str) -> http::Response<hyper::body::Incomin
     sender.send_request(request).await.unwrap()
 }
 
-/// Two clients of one 32 MiB response through `proxy`, both asking before
+/// Two clients of one 64 MiB response through `proxy`, both asking before
 /// the upstream answers (one flight): one reads it all at once, the other
-/// only once the first is done. Returns what the second read (its length,
+/// only once the first is done. The window (16 MiB) is larger than what the
+/// sockets of the client that does not read can absorb (a few MiB), so the
+/// reading client always stays within it, and the other falls behind it. Returns what the second read (its length,
 /// or the error its body ended with) and the upstream requests made.
 async fn a_reader_left_behind(extra: &[&str]) -> (Result<usize, String>, u64) {
     let up = upstream::start(&upstream_opts(&[
@@ -378,7 +380,7 @@ async fn a_reader_left_behind(extra: &[&str]) -> (Result<usize, String>, u64) {
         "--delay",
         "300ms",
         "--body-bytes",
-        "33554432",
+        "67108864",
     ]))
     .await
     .unwrap();
@@ -386,7 +388,7 @@ async fn a_reader_left_behind(extra: &[&str]) -> (Result<usize, String>, u64) {
     let url = format!("{}/large", proxy.url());
     let (behind, first) = tokio::join!(get_on_own_connection(&url), get_on_own_connection(&url));
     let first = first.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(first.len(), 32 << 20);
+    assert_eq!(first.len(), 64 << 20);
     let second = match behind.into_body().collect().await {
         Ok(body) => Ok(body.to_bytes().len()),
         Err(error) => Err(error.to_string()),
@@ -402,20 +404,20 @@ async fn a_reader_behind_the_body_window_reads_from_the_spill_dir() {
     let dir = tempfile::tempdir().unwrap();
     let spill_dir = dir.path().to_str().unwrap();
     let (read, requests) =
-        a_reader_left_behind(&["--body-window", "1MiB", "--spill-dir", spill_dir]).await;
-    assert_eq!(read, Ok(32 << 20), "every byte, from the spill file");
+        a_reader_left_behind(&["--body-window", "16MiB", "--spill-dir", spill_dir]).await;
+    assert_eq!(read, Ok(64 << 20), "every byte, from the spill file");
     assert_eq!(requests, 1);
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_spill_max_zero_a_reader_behind_the_window_is_cut_off_not_cut_short() {
-    let outcome = a_reader_left_behind(&["--body-window", "1MiB", "--spill-max", "0"]).await;
+    let outcome = a_reader_left_behind(&["--body-window", "16MiB", "--spill-max", "0"]).await;
     // Cut off mid-body; or, had it come for its head only after the first
     // byte was dropped, a whole body of its own. Never a short clean one.
     match outcome {
         (Err(_), 1) => {}
-        (Ok(len), 2) => assert_eq!(len, 32 << 20),
+        (Ok(len), 2) => assert_eq!(len, 64 << 20),
         other => panic!("a short body or a lost request: {other:?}"),
     }
 }

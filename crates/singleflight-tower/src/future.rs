@@ -101,7 +101,8 @@ pin_project! {
             shared: Arc<Shared>,
         },
         // Sending our own request after all: the flight's response was
-        // private to its requester or varied on a header we differ in.
+        // private to its requester, varied on a header we differ in, or no
+        // longer kept its body's first bytes when we came for it.
         Refetching {
             #[pin]
             future: S::Future,

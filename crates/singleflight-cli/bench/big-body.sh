@@ -7,7 +7,8 @@
 #    (a path never asked before, each round and contender), ROUNDS rounds,
 #    contenders interleaved. Per round: responses delivered whole (status
 #    200, every byte, curl exit 0), upstream requests, wall time until the
-#    last client is done. Then the medians, and the proxies' peak RSS.
+#    last client is done. Then the medians, each contender's median ratio
+#    to Varnish's wall in the same round, and the proxies' peak RSS.
 # 2. late: a 1 s streaming body (10 chunks, 100 ms apart, chunked); one
 #    client at 0, a second at 300 ms. Per contender: upstream requests, the
 #    late client's bytes, and when it was done (from the first's start).
@@ -137,13 +138,19 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# Each round's wall against Varnish's in the same round, then the median
+# of those ratios: a burst of load from elsewhere moves both of a round.
+ratios() {
+  paste -d' ' <(echo "$1" | tr ' ' '\n' | grep -v '^$') <(echo "${walls[varnish]}" | tr ' ' '\n' | grep -v '^$') |
+    awk '{printf "%f ", $1 / $2}'
+}
 echo
-echo "| contender | median wall (s) | vs varnish |"
+echo "| contender | median wall (s) | median of per-round ratios to varnish |"
 echo "| --- | ---: | ---: |"
-va=$(echo "${walls[varnish]}" | median)
 for who in singleflight varnish nginx; do
   m=$(echo "${walls[$who]}" | median)
-  printf '| %s | %.3f | %.2fx |\n' "$who" "$m" "$(echo "$m / $va" | bc -l)"
+  r=$(ratios "${walls[$who]}" | median)
+  printf '| %s | %.3f | %.2fx |\n' "$who" "$m" "$r"
 done
 echo
 hwm() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }

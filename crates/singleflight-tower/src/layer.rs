@@ -186,7 +186,11 @@ impl CoalesceLayer {
     /// joined late, read them; the upstream and the readers that keep up
     /// never wait for them. Memory per flight is therefore bounded by the
     /// window (plus the newest chunk, which is always kept whole), whatever
-    /// the body's size and the number of readers.
+    /// the body's size and the number of readers; a reader behind holds
+    /// at most the 256 KiB it read from the file last, until its client
+    /// takes it. A larger window serves more readers from memory: with 50
+    /// readers of a 50 MiB body on two cores, 64 MiB (all of it) was about
+    /// 10% faster than 4 MiB.
     ///
     /// # Examples
     ///

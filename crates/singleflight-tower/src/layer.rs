@@ -230,7 +230,9 @@ impl CoalesceLayer {
     /// spilling off.
     ///
     /// A body longer than the window and the cap together cannot be kept
-    /// whole for everyone. When the next byte would pass the cap, the flight
+    /// whole for everyone (chunks leave the window whole, so a body a
+    /// little shorter may not be either). When the bytes that left the
+    /// window would pass the cap, the flight
     /// drops its spill file and goes on in memory alone: the readers within
     /// the window carry on to the end, unaffected; every reader behind it
     /// fails at once with [`Error::FellBehind`](crate::Error::FellBehind),

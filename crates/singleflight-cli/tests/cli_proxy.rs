@@ -421,3 +421,36 @@ async fn with_spill_max_zero_a_reader_behind_the_window_is_cut_off_not_cut_short
         other => panic!("a short body or a lost request: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_past_the_upstream_timeout_fails_every_reader() {
+    // The first half of the body at once, the second 10 s later: past the
+    // proxy's 300 ms, so every reader's body fails instead of waiting.
+    let up = upstream::start(&upstream_opts(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--delay",
+        "100ms",
+        "--body-bytes",
+        "1000",
+        "--chunks",
+        "2",
+        "--chunk-interval",
+        "10s",
+    ]))
+    .await
+    .unwrap();
+    let proxy = start(&up, &["--upstream-timeout", "300ms"]).await;
+    let url = format!("{}/stalls", proxy.url());
+    let (first, second) = tokio::join!(get_on_own_connection(&url), get_on_own_connection(&url));
+    for response in [first, second] {
+        assert_eq!(response.status(), 200, "the head came in time");
+        let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+            .await
+            .expect("the body ends well before the upstream's second half");
+        assert!(body.is_err(), "a stalled body fails, never ends short");
+    }
+    assert_eq!(upstream_requests(&client(), &up.url()).await, 1);
+    proxy.shutdown().await;
+    up.shutdown(Duration::from_secs(2)).await;
+}

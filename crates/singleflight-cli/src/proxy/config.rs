@@ -42,7 +42,8 @@ pub struct ProxyOpts {
     /// that request while the flight goes on for the others [default: none].
     #[arg(long, value_parser = parse_duration)]
     pub max_wait: Option<Duration>,
-    /// The longest an upstream request may take to answer; past it, 504.
+    /// The longest an upstream request may take to answer (past it, 504),
+    /// and the longest its body may pause (past it, the response is aborted).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
     /// Send the client's `Host` to the upstream instead of the upstream's own.

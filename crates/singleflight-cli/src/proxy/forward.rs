@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use metrics::Counter;
 use singleflight_tower::BoxError;
 
+use super::idle::IdleTimeout;
 use crate::args::{HttpUrl, fmt_duration};
 use crate::net::{HttpClient, describe_failure};
 
@@ -182,10 +183,10 @@ impl Forward {
         }
         parts.extensions.insert(end.clone());
         let body = Watched { inner: body, end };
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed(),
-        ))
+        // The same limit holds between two pieces of the body as for the
+        // head: a body that stalls fails every reader, as a reset does.
+        let body = IdleTimeout::new(body, self.timeout);
+        Ok(Response::from_parts(parts, body.boxed()))
     }
 
     /// The upstream's scheme and authority, its path as a prefix, then the request's path and query.

@@ -18,6 +18,7 @@
 mod admin;
 mod config;
 mod forward;
+mod idle;
 mod server;
 
 pub use config::ProxyOpts;

@@ -1,0 +1,163 @@
+//! A real `redis-server` for the tests: on a free loopback port, in a
+//! temporary directory, stopped when dropped. A server that cannot start
+//! fails the test: it never skips.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("an address").port()
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port (after `stop`).
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("redis-server could not start ({error}); install it: apt-get install redis-server (scripts/test does)")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends one command (arguments without spaces or newlines) and returns
+    /// the first line of the answer, or `None` when nothing answers.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match stream.read(&mut byte) {
+                Ok(1) => {
+                    answer.push(byte[0]);
+                    if answer.ends_with(b"\r\n") {
+                        break;
+                    }
+                }
+                _ => return None,
+            }
+        }
+        let line = String::from_utf8_lossy(&answer).trim_end().to_string();
+        // A bulk string: its first line is the length; read the value too.
+        if let Some(len) = line.strip_prefix('$').and_then(|n| n.parse::<i64>().ok()) {
+            if len < 0 {
+                return Some("(nil)".into());
+            }
+            let mut value = vec![0u8; len as usize + 2];
+            stream.read_exact(&mut value).ok()?;
+            value.truncate(len as usize);
+            return Some(String::from_utf8_lossy(&value).into_owned());
+        }
+        Some(line)
+    }
+
+    /// Waits (at most 10 s) until `check` holds for the server's answer to `args`.
+    pub fn wait_for(&self, args: &[&str], check: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(answer) = self.command(args)
+                && check(&answer)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{args:?} never answered as expected"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// How many clients are blocked in a command (a waiter's `XREAD`).
+    pub fn blocked_clients(&self) -> usize {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connected");
+        stream
+            .write_all(b"*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n")
+            .expect("sent");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a timeout");
+        let mut text = String::new();
+        let mut buffer = [0u8; 4096];
+        while !text.contains("blocked_clients:") || !text.ends_with("\r\n") {
+            let n = stream.read(&mut buffer).expect("an answer");
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+        text.lines()
+            .find_map(|line| line.strip_prefix("blocked_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The Redis keys of user key `key` under `prefix`.
+    pub fn keys_of(prefix: &str, key: &[u8]) -> (String, String, String) {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        (
+            format!("{prefix}:{{{hex}}}:lease"),
+            format!("{prefix}:{{{hex}}}:gen"),
+            format!("{prefix}:{{{hex}}}:results"),
+        )
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

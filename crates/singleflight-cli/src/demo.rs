@@ -111,6 +111,7 @@ pub async fn run(opts: &DemoOpts) -> anyhow::Result<DemoReport> {
         timeout: opts.delay * 4 + Duration::from_secs(5),
         shutdown_timeout: Duration::from_secs(2),
         quiet: true,
+        redis: None,
     };
     let running = serve::start(&serve_opts).await?;
     let base = running.server.url();

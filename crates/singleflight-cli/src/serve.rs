@@ -59,6 +59,11 @@ pub struct ServeOpts {
     /// Do not log a line per request.
     #[arg(long)]
     pub quiet: bool,
+    /// A Redis, `redis://HOST:PORT`, through which `/singleflight` shares
+    /// one upstream call with every `serve` that uses it, not only among
+    /// this one's requests. When it is away, requests coalesce locally.
+    #[arg(long)]
+    pub redis: Option<String>,
 }
 
 /// A running `serve`, with its embedded upstream if it started one.
@@ -84,11 +89,12 @@ impl Running {
     }
 }
 
-/// The upstream's answer as the article reports it: its status code, or why it failed.
-#[derive(Clone, Debug)]
+/// The upstream's answer as the article reports it: its status code, or
+/// why it failed. It travels through Redis with `--redis`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Fetched {
     Status(u16),
-    Unreachable(Arc<str>),
+    Unreachable(String),
     TimedOut,
 }
 
@@ -103,6 +109,8 @@ struct App {
     timeout: Duration,
     quiet: bool,
     group: Group<&'static str, Fetched>,
+    /// With `--redis`: `/singleflight` coalesces across instances.
+    redis: Option<singleflight_redis::Group<Fetched>>,
     normal: Endpoint,
     coalesced: Endpoint,
     group_counters: GroupCounters,
@@ -177,6 +185,17 @@ pub async fn start(opts: &ServeOpts) -> anyhow::Result<Running> {
         quiet: opts.quiet,
         // Counting is on so /metrics can show the group's own view.
         group: Group::builder().metrics("serve").build(),
+        redis: match &opts.redis {
+            Some(url) => Some(
+                singleflight_redis::Group::builder(url.as_str())
+                    .prefix("singleflight-serve")
+                    .build()
+                    .map_err(|e| {
+                        BadInput::new(format!("--redis {url}: {e}; give it as redis://HOST:PORT"))
+                    })?,
+            ),
+            None => None,
+        },
         normal: endpoint("normal"),
         coalesced: endpoint("singleflight"),
         group_counters: GroupCounters::new(&registry, "serve"),
@@ -201,15 +220,15 @@ async fn fetch_status(client: &HttpClient, url: &HttpUrl, limit: Duration) -> Fe
         let response = client
             .get(url.uri().clone())
             .await
-            .map_err(|e| Arc::<str>::from(describe_failure(&e, url)))?;
+            .map_err(|e| describe_failure(&e, url))?;
         let status = response.status().as_u16();
         // Read the body so the connection goes back to the pool.
         response
             .into_body()
             .collect()
             .await
-            .map_err(|e| Arc::<str>::from(format!("reading the body: {e}")))?;
-        Ok::<u16, Arc<str>>(status)
+            .map_err(|e| format!("reading the body: {e}"))?;
+        Ok::<u16, String>(status)
     };
     match with_timeout(limit, call).await {
         Some(Ok(status)) => Fetched::Status(status),
@@ -276,14 +295,25 @@ async fn coalesced(State(app): State<Arc<App>>) -> Response {
     let started = Instant::now();
     app.coalesced.requests.increment(1);
     let leader_app = Arc::clone(&app);
-    let out = app
-        .group
-        .call("status", move || async move {
-            leader_app.coalesced.upstream_calls.increment(1);
-            fetch_status(&leader_app.client, &leader_app.upstream, leader_app.timeout).await
-        })
-        .await;
-    respond(&app, "/singleflight", started, &out.value, Some(out.shared))
+    let work = move || async move {
+        leader_app.coalesced.upstream_calls.increment(1);
+        fetch_status(&leader_app.client, &leader_app.upstream, leader_app.timeout).await
+    };
+    let Some(redis) = &app.redis else {
+        let out = app.group.call("status", work).await;
+        return respond(&app, "/singleflight", started, &out.value, Some(out.shared));
+    };
+    // One key per upstream: instances in front of different upstreams
+    // never share.
+    let key = app.upstream.uri().to_string();
+    let (fetched, shared) = match redis.call(key, work).await {
+        Ok(out) => {
+            let shared = out.shared || out.source == singleflight_redis::Source::Remote;
+            (out.value, shared)
+        }
+        Err(error) => (Fetched::Unreachable(error.to_string()), false),
+    };
+    respond(&app, "/singleflight", started, &fetched, Some(shared))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

@@ -59,6 +59,8 @@ mod error;
 mod group;
 mod keys;
 mod protocol;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use codec::{Codec, Json};
 pub use error::Error;

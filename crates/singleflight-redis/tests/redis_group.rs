@@ -4,15 +4,13 @@
 //! before a waiter reads, stale results, hostile keys, oversize values.
 //! Every wait is bounded; no assertion is about time.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use singleflight_redis::testing::{self, RedisServer};
 use singleflight_redis::{Error, Group, OnRedisError, Source};
-use support::RedisServer;
 
 const PREFIX: &str = "sftest";
 
@@ -324,7 +322,7 @@ async fn an_oversize_value_is_refused_and_the_waiters_run_the_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_calls_run_locally_or_fail_as_set() {
-    let url = format!("redis://127.0.0.1:{}", support::free_port());
+    let url = format!("redis://127.0.0.1:{}", testing::free_port());
     let local: Group<String> = Group::builder(url.clone())
         .redis_timeout(Duration::from_millis(300))
         .build()

@@ -1,26 +1,46 @@
-//! A real `redis-server` for the tests: on a free loopback port, in a
-//! temporary directory, stopped when dropped. A server that cannot start
-//! fails the test: it never skips.
-#![allow(dead_code, unreachable_pub)]
+//! A real `redis-server` for tests (feature `test-util`): on a free
+//! loopback port, in a temporary directory, stopped when dropped. A server
+//! that cannot start fails the test: it never skips.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A `redis-server` of the test's own, started with `redis-server` from
+/// the `PATH` (Debian's package), saving nothing to disk.
+///
+/// # Examples
+///
+/// ```no_run
+/// let server = singleflight_redis::testing::RedisServer::start();
+/// assert_eq!(server.command(&["PING"]).as_deref(), Some("+PONG"));
+/// ```
+#[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
+    /// Its loopback port.
     pub port: u16,
     dir: tempfile::TempDir,
 }
 
-/// A port nothing listens on now.
+/// A loopback port nothing listens on now.
+///
+/// # Panics
+///
+/// When no port can be bound.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
     listener.local_addr().expect("an address").port()
 }
 
 impl RedisServer {
+    /// Starts one and waits (at most 10 s) until it answers.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` cannot be run or does not answer: install it
+    /// (`apt-get install redis-server`).
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("a directory");
         let mut server = Self {
@@ -32,11 +52,16 @@ impl RedisServer {
         server
     }
 
+    /// `redis://127.0.0.1:{port}`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Starts the server again on the same port (after `stop`).
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -60,6 +85,7 @@ impl RedisServer {
         }
     }
 
+    /// Stops it (the data goes with it).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -105,6 +131,10 @@ impl RedisServer {
     }
 
     /// Waits (at most 10 s) until `check` holds for the server's answer to `args`.
+    ///
+    /// # Panics
+    ///
+    /// When it never does.
     pub fn wait_for(&self, args: &[&str], check: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -122,6 +152,10 @@ impl RedisServer {
     }
 
     /// How many clients are blocked in a command (a waiter's `XREAD`).
+    ///
+    /// # Panics
+    ///
+    /// When the server does not answer.
     pub fn blocked_clients(&self) -> usize {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connected");
         stream
@@ -145,7 +179,8 @@ impl RedisServer {
             .unwrap_or(0)
     }
 
-    /// The Redis keys of user key `key` under `prefix`.
+    /// The Redis keys (lease, generation, results) of user key `key`
+    /// under `prefix`.
     pub fn keys_of(prefix: &str, key: &[u8]) -> (String, String, String) {
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
         (

@@ -13,7 +13,7 @@ CONNECTIONS=${CONNECTIONS:-256}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 if [ -z "${BIN:-}" ]; then
   # Build (a no-op when up to date) unless a binary is given.
-  (cd "$ROOT" && cargo build --release -q -p singleflight-cli)
+  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
 fi
 GOBIN=${GOBIN:-/tmp/singleflight-go-server}

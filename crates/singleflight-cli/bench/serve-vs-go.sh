@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# serve's /singleflight against the Go reference server (the article's, with
+# serve's /singleflight against the Go demo server (net/http with
 # golang.org/x/sync/singleflight), side by side in one run: both in front of
 # the same `singleflight upstream --delay 1ms`, one hot key, wrk with 256
 # connections for 10 s, alternating, ROUNDS times each. Prints requests/s and

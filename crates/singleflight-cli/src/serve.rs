@@ -1,4 +1,5 @@
-//! `singleflight serve`: the article's server.
+//! `singleflight serve`: the demo server, Go's x/sync/singleflight demo in
+//! Rust: `/normal` and `/singleflight` in front of one upstream.
 //!
 //! `GET /normal` calls the upstream on every request; `GET /singleflight`
 //! shares one upstream call among the requests that arrive while it runs,
@@ -84,7 +85,7 @@ impl Running {
     }
 }
 
-/// The upstream's answer as the article reports it: its status code, or why it failed.
+/// The upstream's answer as the Go demo reports it: its status code, or why it failed.
 #[derive(Clone, Debug)]
 enum Fetched {
     Status(u16),

@@ -1,8 +1,7 @@
 //! The shortest use of the blocking group (the README shows this file).
 
-use std::{thread, time::Duration};
-
 use singleflight::sync::Group;
+use std::{thread, time::Duration};
 
 fn main() {
     let group = Group::<&str, String>::new();

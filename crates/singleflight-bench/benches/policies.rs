@@ -1,4 +1,4 @@
-//! The burst pattern of issue 4, side by side: 1,000 callers arriving evenly
+//! The burst pattern the policies are for, side by side: 1,000 callers arriving evenly
 //! over 100 ms on one key, 5 ms of work. How many times does the work run,
 //! and how long do callers wait?
 //!

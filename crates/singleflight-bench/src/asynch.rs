@@ -1,4 +1,4 @@
-//! The async contenders and the task scenarios of issue 3, on one tokio
+//! The async contenders and the task scenarios of the async group, on one tokio
 //! multi-thread runtime with as many workers as cores.
 
 use std::future::Future;

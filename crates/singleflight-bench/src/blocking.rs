@@ -1,4 +1,4 @@
-//! The blocking contenders and the thread scenarios of issue 2.
+//! The blocking contenders and the thread scenarios of the blocking group.
 //!
 //! Every scenario runs one contender at a time on threads it spawns, and
 //! returns nanoseconds; the runner interleaves contenders between

@@ -21,7 +21,7 @@ CLIENTS=${CLIENTS:-50}
 BODY_BYTES=${BODY_BYTES:-52428800}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 if [ -z "${BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release -q -p singleflight-cli)
+  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
 fi
 need=()

@@ -9,7 +9,7 @@ SECONDS_TOTAL=${1:-60}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 if [ -z "${BIN:-}" ]; then
   # Build (a no-op when up to date) unless a binary is given.
-  (cd "$ROOT" && cargo build --release -q -p singleflight-cli)
+  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
 fi
 # What a fresh machine lacks: wrk and curl.

@@ -17,7 +17,7 @@ ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ -z "${BIN:-}" ]; then
   # Build (a no-op when up to date) unless a binary is given.
-  (cd "$ROOT" && cargo build --release -q -p singleflight-cli)
+  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
   BIN=$TARGET/release/singleflight
 fi
 command -v curl >/dev/null 2>&1 || {
@@ -26,7 +26,7 @@ command -v curl >/dev/null 2>&1 || {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq curl </dev/null
 }
 CERTS=$TARGET/bench/tls-herd
-(cd "$ROOT" && cargo run -q -p singleflight-cli --example test-cert -- "$CERTS" >/dev/null)
+(cd "$ROOT" && cargo run -q -p oneflight-cli --example test-cert -- "$CERTS" >/dev/null)
 
 UP=127.0.0.1:18381 PX=127.0.0.1:18382 UPS=127.0.0.1:18383 PXS=127.0.0.1:18384
 pids=()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# serve's /singleflight against the Go reference server (the article's, with
+# serve's /singleflight against the Go demo server (net/http with
 # golang.org/x/sync/singleflight), side by side in one run: both in front of
 # the same `singleflight upstream --delay 1ms`, one hot key, wrk with 256
 # connections for 10 s, alternating, ROUNDS times each. Prints requests/s and
@@ -13,7 +13,7 @@ CONNECTIONS=${CONNECTIONS:-256}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 if [ -z "${BIN:-}" ]; then
   # Build (a no-op when up to date) unless a binary is given.
-  (cd "$ROOT" && cargo build --release -q -p singleflight-cli)
+  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
 fi
 GOBIN=${GOBIN:-/tmp/singleflight-go-server}

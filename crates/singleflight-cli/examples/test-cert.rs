@@ -3,7 +3,7 @@
 //! For benchmarks and trials of `--tls-cert`/`--tls-key` and
 //! `--upstream-ca` on this machine; never for a real deployment.
 //!
-//! `cargo run -p singleflight-cli --example test-cert -- DIR`
+//! `cargo run -p oneflight-cli --example test-cert -- DIR`
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! `singleflight demo`: the article's experiment end to end, in one process.
+//! `singleflight demo`: `/normal` against `/singleflight`, end to end, in one process.
 //!
 //! Starts the embedded upstream and the demo server on free loopback ports,
 //! sends the same load to `/normal` and then to `/singleflight` (clients whose

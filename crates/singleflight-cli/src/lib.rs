@@ -1,5 +1,6 @@
-//! The `singleflight` command line: the article's demo server, a slow
-//! upstream, a one-command demo, a load tool and a coalescing proxy.
+//! The `singleflight` command line: the demo server (`/normal` against
+//! `/singleflight`), a slow upstream, a one-command demo, a load tool and a
+//! coalescing proxy.
 //!
 //! `main.rs` only parses a [`Cli`] with [`parse_from`] and calls [`run`];
 //! tests build the same options the same way and drive the servers
@@ -77,9 +78,9 @@ where
 pub enum Command {
     /// A slow upstream that counts the requests it serves (`upstream_requests_total` on /metrics).
     Upstream(upstream::UpstreamOpts),
-    /// The article's server: /normal calls the upstream every time, /singleflight shares calls.
+    /// The demo server: /normal calls the upstream every time, /singleflight shares calls.
     Serve(serve::ServeOpts),
-    /// The article's experiment end to end: same load on /normal and /singleflight, a table and a plot.
+    /// The demo end to end: same load on /normal and /singleflight, a table and a plot.
     Demo(demo::DemoOpts),
     /// Sends requests to URLs and reports latency percentiles and status counts.
     Load(load::LoadOpts),

@@ -1,7 +1,7 @@
 //! `singleflight load`: sends the same load to each URL in turn and reports
 //! HDR-histogram percentiles and status counts, as a table or JSON.
 //!
-//! A small tool for running the article's experiment against one's own
+//! A small tool for running the `/normal` vs `/singleflight` experiment against one's own
 //! endpoints, not a wrk clone: `--concurrency` workers share one request
 //! budget (`--requests` or `--duration`), optionally paced to `--rate`.
 

@@ -1,4 +1,5 @@
-//! `singleflight serve`: the article's server.
+//! `singleflight serve`: the demo server, Go's x/sync/singleflight demo in
+//! Rust: `/normal` and `/singleflight` in front of one upstream.
 //!
 //! `GET /normal` calls the upstream on every request; `GET /singleflight`
 //! shares one upstream call among the requests that arrive while it runs,
@@ -89,7 +90,7 @@ impl Running {
     }
 }
 
-/// The upstream's answer as the article reports it: its status code, or
+/// The upstream's answer as the Go demo reports it: its status code, or
 /// why it failed. It travels through Redis with `--redis`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Fetched {

@@ -54,12 +54,15 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod codec;
 mod error;
 mod group;
 mod keys;
 mod protocol;
 #[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
 pub use codec::{Codec, Json};

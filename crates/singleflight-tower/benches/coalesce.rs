@@ -22,7 +22,7 @@
 //!   quote the median over a few processes (see BENCHMARKS.md).
 //!
 //! ```text
-//! cargo bench -p singleflight-tower --bench coalesce -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p oneflight-tower --bench coalesce -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
 //! Times are the benchmark thread's CPU time, not wall time: everything runs

@@ -2,7 +2,7 @@
 //! requests for `/report` share one run of the handler.
 //!
 //! ```text
-//! cargo run -p singleflight-tower --example axum
+//! cargo run -p oneflight-tower --example axum
 //! ```
 //!
 //! It starts a server on 127.0.0.1 (an ephemeral port), sends it 50

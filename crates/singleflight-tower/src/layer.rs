@@ -321,8 +321,8 @@ impl CoalesceLayer {
     /// no body at all). A kept response whose body then failed upstream is
     /// dropped at its next hit, and that request fetches its own.
     ///
-    /// Use it for data that may be up to `ttl` old (the article's rule: read
-    /// very often, changed rarely or needed not in real time).
+    /// Use it for data that may be up to `ttl` old (data read
+    /// very often, changed rarely or not needed in real time).
     ///
     /// # Examples
     ///

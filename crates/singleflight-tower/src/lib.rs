@@ -53,6 +53,9 @@
 //! # drop(app);
 //! ```
 
+// docs.rs builds with `--cfg docsrs`: badges name the feature an item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod body;
 mod config;
 mod error;

@@ -1,7 +1,7 @@
 //! The memo's hit path against a bare `get` on the same cache crate
 //! (quick_cache), side by side in one run. Target: at most 1.2x.
 //!
-//! `cargo bench -p singleflight --bench memo`
+//! `cargo bench -p oneflight --bench memo`
 
 use std::hint::black_box;
 use std::time::Duration;

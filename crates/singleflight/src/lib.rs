@@ -54,6 +54,9 @@
 //! stale-while-revalidate, an error policy, deadlines, a waiter cap and
 //! metrics. See [`policy`].
 
+// docs.rs builds with `--cfg docsrs`: badges name the feature an item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod error;
 mod loom;
 mod outcome;

@@ -1,4 +1,4 @@
-// The burst pattern of issue 4 with Go's golang.org/x/sync/singleflight, for
+// The burst pattern of the policies bench with Go's golang.org/x/sync/singleflight, for
 // crates/singleflight-bench/benches/policies.rs: <callers> goroutines arrive
 // evenly over <spread_ms> on one key whose work sleeps <work_ms>. Go's group
 // has no memo, so every flight that ends lets the next caller start another.

@@ -1,4 +1,4 @@
-// Command server is the Go reference for `singleflight serve`: the article's
+// Command server is the Go reference for `singleflight serve`: the Go demo
 // server, net/http plus golang.org/x/sync/singleflight, in front of the same
 // upstream. GET /normal calls the upstream on every request; GET /singleflight
 // wraps the same call in group.Do("status", ...). Each request logs its

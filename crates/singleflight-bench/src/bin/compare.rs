@@ -1,5 +1,6 @@
 //! `sf-compare`: times every contender of each scenario side by side in one
-//! run and prints one markdown table per scenario, then the issue targets.
+//! run and prints one markdown table per scenario, then the targets
+//! each group is held to (ratios against its peers).
 //!
 //! ```text
 //! sf-compare [sync|async|all] [--quick] [--reps N] [--go PATH]
@@ -251,7 +252,7 @@ fn run_sync(opts: &Options) -> Result<String, String> {
         }
     }
 
-    let mut out = String::from("## Issue 2: the blocking group\n\n");
+    let mut out = String::from("## The blocking group\n\n");
     out += &keys.markdown(RUST_KEY);
     out += "\n";
     out += &d1.markdown(Ours::NAME);
@@ -313,7 +314,10 @@ fn run_sync(opts: &Options) -> Result<String, String> {
             "ms",
         ));
     }
-    out += &targets_markdown("Issue 2 targets (timing; memory: see sf-memory)", &targets);
+    out += &targets_markdown(
+        "The blocking group's targets (timing; memory: see sf-memory)",
+        &targets,
+    );
     Ok(out)
 }
 
@@ -460,7 +464,7 @@ fn run_async(opts: &Options) -> Result<String, String> {
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .unwrap_or((f64::NAN, "none"))
     };
-    let mut out = String::from("## Issue 3: the async group\n\n");
+    let mut out = String::from("## The async group\n\n");
     for (t, execs) in [(&big, &big_execs), (&small, &small_execs)] {
         out += &t.markdown(FLOOR);
         out += "\n";
@@ -511,7 +515,10 @@ fn run_async(opts: &Options) -> Result<String, String> {
             "ns/op",
         ),
     ];
-    out += &targets_markdown("Issue 3 targets (timing; memory: see sf-memory)", &targets);
+    out += &targets_markdown(
+        "The async group's targets (timing; memory: see sf-memory)",
+        &targets,
+    );
     Ok(out)
 }
 

@@ -140,6 +140,7 @@ where
     ///
     /// Outside a tokio runtime with the time driver enabled.
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn call_with_timeout<F, Fut>(
         &self,
         key: K,

@@ -80,6 +80,7 @@ impl fmt::Debug for Detached {
 /// # }
 /// ```
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Debug, Clone)]
 pub struct TokioSpawner {
     handle: tokio::runtime::Handle,

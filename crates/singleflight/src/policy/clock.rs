@@ -77,6 +77,7 @@ impl Clock for SystemClock {
 /// let _now = TokioClock.now();
 /// ```
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokioClock;
 

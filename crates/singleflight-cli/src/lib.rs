@@ -75,6 +75,10 @@ where
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 #[non_exhaustive]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per run: the proxy's many options cost nothing worth a box"
+)]
 pub enum Command {
     /// A slow upstream that counts the requests it serves (`upstream_requests_total` on /metrics).
     Upstream(upstream::UpstreamOpts),

@@ -32,6 +32,36 @@ use crate::flown::{Failure, Flown, PrivateResponse, SharedHead, SharedResponse};
 use crate::rules;
 use crate::state::{Counters, Shared};
 
+/// The key of the flight a request leads, in the extensions of the request
+/// the inner service receives for it: a service behind the layer can tell
+/// a flight's request from one sent straight through, and coalesce it
+/// further under the same key (across processes, for instance). Requests
+/// that were not coalesced never carry it.
+///
+/// # Examples
+///
+/// ```
+/// use singleflight_tower::FlightKey;
+///
+/// fn describe(request: &http::Request<()>) -> &str {
+///     match request.extensions().get::<FlightKey>() {
+///         Some(key) => key.as_str(),
+///         None => "not coalesced",
+///     }
+/// }
+/// assert_eq!(describe(&http::Request::new(())), "not coalesced");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlightKey(Arc<str>);
+
+impl FlightKey {
+    /// The key: the method, scheme, authority, path and query, and the
+    /// key headers' values (or what the layer's key function made).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A coalesced request and the ready service to send it with.
 pub(crate) type Slot<S, ReqBody> = Mutex<Option<(S, Request<ReqBody>)>>;
 
@@ -80,10 +110,11 @@ where
             };
         }
         let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let Some((mut service, request)) = taken else {
+        let Some((mut service, mut request)) = taken else {
             return Self::Lost;
         };
         Counters::add(&shared.counters.flights);
+        request.extensions_mut().insert(FlightKey(Arc::clone(&key)));
         let leader_headers = request.headers().clone();
         Self::Calling {
             future: service.call(request),

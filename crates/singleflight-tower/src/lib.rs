@@ -72,7 +72,9 @@ pub use config::{
     DEFAULT_BODY_WINDOW, DEFAULT_BYPASS_HEADER, DEFAULT_SHARED_HEADER, DEFAULT_SPILL_MAX,
 };
 pub use error::{BoxError, Error};
+pub use flight::FlightKey;
 pub use future::ResponseFuture;
 pub use layer::CoalesceLayer;
+pub use rules::is_shareable;
 pub use service::Coalesce;
 pub use state::Stats;

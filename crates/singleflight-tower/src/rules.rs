@@ -114,6 +114,27 @@ pub(crate) fn is_private(headers: &HeaderMap) -> bool {
         || has_directive(headers, "no-store")
 }
 
+/// Whether a response may reach requests other than the one that fetched
+/// it, by the layer's rules: it is not private to its requester
+/// (`Set-Cookie`, `Cache-Control: private` or `no-store`) and does not say
+/// `Vary: *`. A service behind the layer that shares responses further
+/// (across processes, say) keeps the same rule, and must also keep apart
+/// requests that differ in a header the response varies on.
+///
+/// # Examples
+///
+/// ```
+/// use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
+///
+/// let mut headers = HeaderMap::new();
+/// assert!(singleflight_tower::is_shareable(&headers));
+/// headers.insert(SET_COOKIE, HeaderValue::from_static("session=1"));
+/// assert!(!singleflight_tower::is_shareable(&headers));
+/// ```
+pub fn is_shareable(headers: &HeaderMap) -> bool {
+    !is_private(headers) && !vary_of(headers).1
+}
+
 /// The header names of a response's `Vary`, each once, and whether it says
 /// `*` (or names something that is not a header name, which is treated the
 /// same way: a header we cannot compare on).

@@ -725,3 +725,28 @@ async fn waiters_hold_no_capacity_of_the_inner_service() {
     assert_eq!(bodies, ["a", "a", "a", "a", "b"]);
     no_more_requests(&mut upstreams);
 }
+
+#[tokio::test]
+async fn the_inner_service_sees_the_flight_key_only_on_a_flights_request() {
+    let (mut service, mut upstreams) = layered(CoalesceLayer::new());
+    let started = start(&mut service, get("http://example.com/a?b")).await;
+    let sent = answer(&mut upstreams, text("a")).await;
+    let key = sent
+        .extensions()
+        .get::<singleflight_tower::FlightKey>()
+        .expect("the flight's key");
+    assert!(
+        key.as_str().starts_with("GET http://example.com/a?b"),
+        "{key:?}"
+    );
+    finish(started).await;
+    let started = start(&mut service, request(Method::POST, "http://example.com/a")).await;
+    let sent = answer(&mut upstreams, text("posted")).await;
+    assert!(
+        sent.extensions()
+            .get::<singleflight_tower::FlightKey>()
+            .is_none(),
+        "a request that is not coalesced carries no key"
+    );
+    finish(started).await;
+}

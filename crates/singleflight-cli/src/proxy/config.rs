@@ -76,6 +76,15 @@ pub struct ProxyOpts {
     /// that are behind fail and new requests go upstream. 0: no spill file.
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     pub spill_max: u64,
+    /// A Redis, `redis://HOST:PORT`, shared with other proxy instances in
+    /// front of the same upstream: one upstream request per flight for all
+    /// of them. Responses travel through it whole, up to --redis-max-body.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// The largest response body shared through --redis; a longer one is
+    /// streamed by the instance that fetched it, and the others fetch their own.
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+    pub redis_max_body: u64,
     /// TLS on the listener.
     #[command(flatten)]
     pub tls: TlsFlags,
@@ -150,6 +159,11 @@ impl ProxyOpts {
             max_header_bytes: self.max_header_bytes,
             connections: None,
         })
+    }
+
+    /// `--redis-max-body` in this machine's sizes.
+    pub(super) fn redis_max_body_bytes(&self) -> usize {
+        usize::try_from(self.redis_max_body).unwrap_or(usize::MAX)
     }
 
     /// The coalescing layer as the settings ask for it.

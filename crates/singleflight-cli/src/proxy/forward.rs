@@ -114,12 +114,21 @@ pub(super) struct Forward {
     pub(super) timeout: Duration,
     pub(super) preserve_host: bool,
     pub(super) upstream_requests: Counter,
+    /// With `--redis`: flights shared with the other instances.
+    pub(super) redis: Option<super::redis::RedisShare>,
 }
 
 impl Forward {
-    async fn send(
+    pub(super) async fn send(
         self: Arc<Self>,
         request: Request<Limited<Incoming>>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        self.send_boxed(request.map(|body| body.boxed())).await
+    }
+
+    pub(super) async fn send_boxed(
+        self: Arc<Self>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let (mut parts, body) = request.into_parts();
         // HTTP/2 carries the host in the URI (`:authority`), HTTP/1 in `Host`.
@@ -149,7 +158,7 @@ impl Forward {
         parts.uri = self.target(&parts.uri);
         // The client picks the version per connection (HTTP/2 by ALPN).
         parts.version = Version::HTTP_11;
-        let request = Request::from_parts(parts, body.boxed());
+        let request = Request::from_parts(parts, body);
         self.upstream_requests.increment(1);
         let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
         {
@@ -302,7 +311,21 @@ impl tower::Service<Request<Limited<Incoming>>> for ArcForward {
     }
 
     fn call(&mut self, request: Request<Limited<Incoming>>) -> Self::Future {
-        Box::pin(Arc::clone(&self.0).send(request))
+        let forward = Arc::clone(&self.0);
+        let key = request
+            .extensions()
+            .get::<singleflight_tower::FlightKey>()
+            .cloned();
+        match key {
+            // A flight's request, with instances to share it with.
+            Some(key) if forward.redis.is_some() => Box::pin(async move {
+                match &forward.redis {
+                    Some(share) => Arc::clone(&forward).send_across(share, key, request).await,
+                    None => forward.send(request).await,
+                }
+            }),
+            _ => Box::pin(forward.send(request)),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod admin;
 mod config;
 mod forward;
 mod idle;
+mod redis;
 mod server;
 
 pub use config::ProxyOpts;
@@ -130,6 +131,16 @@ pub async fn start(opts: ProxyOpts) -> anyhow::Result<Running> {
             "Requests sent to the upstream (flights, bypasses and refetches).",
             &[],
         ),
+        redis: match &opts.redis {
+            Some(url) => Some(
+                redis::RedisShare::new(url, opts.redis_max_body_bytes()).map_err(|e| {
+                    crate::BadInput::new(format!(
+                        "--redis {url}: {e}; give it as redis://HOST:PORT"
+                    ))
+                })?,
+            ),
+            None => None,
+        },
     }));
     let proxy = Arc::new(Proxy {
         coalesce: opts.coalesce_layer().layer(forward),

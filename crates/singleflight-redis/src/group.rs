@@ -680,24 +680,26 @@ where
     let mut conn = protocol.waiter_connection(inner.settings.timeout).await?;
     let mut after = "0".to_owned();
     loop {
+        let Some((held, left)) = Protocol::held(&mut conn, keys).await? else {
+            // Published just before the release? Leaders publish first.
+            let entries = Protocol::read(&mut conn, keys, &after, None).await?;
+            return Ok(take(inner, entries, generation, &mut after).unwrap_or(Waited::LeaseGone));
+        };
+        generation = generation.max(held);
         let now = Instant::now();
         if now >= deadline {
             return Ok(Waited::TimedOut);
         }
-        let block = (deadline - now).min(inner.settings.lease);
+        // Until a result comes, or the lease would expire if not renewed
+        // (then look again: a dead leader's lease is taken over at once).
+        let span = inner.settings.lease;
+        let block = (deadline - now).min(
+            left.map_or(span, |left| left + Duration::from_millis(5))
+                .min(span),
+        );
         let entries = Protocol::read(&mut conn, keys, &after, Some(block)).await?;
         if let Some(found) = take(inner, entries, generation, &mut after) {
             return Ok(found);
-        }
-        match Protocol::held(&mut conn, keys).await? {
-            Some(held) => generation = generation.max(held),
-            None => {
-                // Published just before the release? Leaders publish first.
-                let entries = Protocol::read(&mut conn, keys, &after, None).await?;
-                return Ok(
-                    take(inner, entries, generation, &mut after).unwrap_or(Waited::LeaseGone)
-                );
-            }
         }
     }
 }

@@ -192,13 +192,26 @@ impl Protocol {
             .await
     }
 
-    /// The lease's generation, if a lease is held.
+    /// The lease's generation and the time it has left (`None`: no expiry),
+    /// if a lease is held.
     pub(crate) async fn held(
         conn: &mut MultiplexedConnection,
         keys: &Keys,
-    ) -> RedisResult<Option<u64>> {
-        let value: Option<String> = redis::cmd("GET").arg(&keys.lease).query_async(conn).await?;
-        Ok(value.as_deref().map(generation_of))
+    ) -> RedisResult<Option<(u64, Option<Duration>)>> {
+        let (value, left): (Option<String>, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(&keys.lease)
+            .cmd("PTTL")
+            .arg(&keys.lease)
+            .query_async(conn)
+            .await?;
+        // -1: a lease with no expiry (not one of ours): wait a whole span;
+        // -2: it expired between the two commands: look again soon.
+        let left = match left {
+            -1 => None,
+            left => Some(Duration::from_millis(u64::try_from(left).unwrap_or(0))),
+        };
+        Ok(value.map(|value| (generation_of(&value), left)))
     }
 
     /// The results after `after` (a stream id), waiting up to `block` for

@@ -60,16 +60,21 @@ mod flight;
 mod flown;
 mod future;
 mod layer;
+mod memo;
 mod rules;
+mod served;
 mod service;
 mod state;
 
 pub use body::CoalescedBody;
 pub use config::{
-    DEFAULT_BODY_WINDOW, DEFAULT_BYPASS_HEADER, DEFAULT_SHARED_HEADER, DEFAULT_SPILL_MAX,
+    DEFAULT_BODY_WINDOW, DEFAULT_BYPASS_HEADER, DEFAULT_MEMO_MAX_BYTES, DEFAULT_SHARED_HEADER,
+    DEFAULT_SPILL_MAX, DEFAULT_STALE_HEADER, OnMaxWait,
 };
 pub use error::{BoxError, Error};
 pub use future::ResponseFuture;
 pub use layer::CoalesceLayer;
+pub use memo::Purge;
+pub use served::Served;
 pub use service::Coalesce;
 pub use state::Stats;

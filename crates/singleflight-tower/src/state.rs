@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::body::{Keep, Settle, SharedBody};
 use crate::config::Config;
 use crate::flown::{Flown, SharedHead, SharedResponse};
+use crate::memo::Memo;
 use crate::rules;
 
 /// What the layer knows about a resource from its last responses (apart
@@ -45,6 +46,11 @@ pub(crate) struct Counters {
     pub(crate) joined: AtomicU64,
     pub(crate) refetched: AtomicU64,
     pub(crate) upstream_errors: AtomicU64,
+    pub(crate) memo_hits: AtomicU64,
+    pub(crate) stale_hits: AtomicU64,
+    pub(crate) stale_if_error: AtomicU64,
+    pub(crate) max_wait_timeouts: AtomicU64,
+    pub(crate) max_wait_bypasses: AtomicU64,
 }
 
 impl Counters {
@@ -52,8 +58,9 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self, memo: Option<&Memo>) -> Stats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let (memo_entries, memo_bytes) = memo.map_or((0, 0), Memo::size);
         Stats {
             coalesced: load(&self.coalesced),
             bypassed: load(&self.bypassed),
@@ -62,6 +69,13 @@ impl Counters {
             joined: load(&self.joined),
             refetched: load(&self.refetched),
             upstream_errors: load(&self.upstream_errors),
+            memo_hits: load(&self.memo_hits),
+            stale_hits: load(&self.stale_hits),
+            stale_if_error: load(&self.stale_if_error),
+            max_wait_timeouts: load(&self.max_wait_timeouts),
+            max_wait_bypasses: load(&self.max_wait_bypasses),
+            memo_entries,
+            memo_bytes,
         }
     }
 }
@@ -105,6 +119,25 @@ pub struct Stats {
     pub refetched: u64,
     /// Flights whose upstream failed (answered 502 or 504).
     pub upstream_errors: u64,
+    /// Requests answered from the memo, fresh.
+    pub memo_hits: u64,
+    /// Requests answered from the memo past a response's lifetime while a
+    /// refresh ran (stale-while-revalidate).
+    pub stale_hits: u64,
+    /// Requests answered from the memo past a response's lifetime because
+    /// the upstream failed (stale-if-error).
+    pub stale_if_error: u64,
+    /// Requests that waited [`CoalesceLayer::max_wait`](crate::CoalesceLayer::max_wait)
+    /// and were answered 504.
+    pub max_wait_timeouts: u64,
+    /// Requests that waited [`CoalesceLayer::max_wait`](crate::CoalesceLayer::max_wait)
+    /// and sent their own request.
+    pub max_wait_bypasses: u64,
+    /// Responses kept in the memo now.
+    pub memo_entries: u64,
+    /// Their weight in bytes (bodies, heads and keys), within
+    /// [`CoalesceLayer::memo_max_bytes`](crate::CoalesceLayer::memo_max_bytes).
+    pub memo_bytes: u64,
 }
 
 /// The shared responses whose bodies are still streaming, by key: a request
@@ -182,6 +215,8 @@ impl Streaming {
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) group: Group<Arc<str>, Flown>,
+    /// The kept responses, when the memo is on.
+    pub(crate) memo: Option<Memo>,
     /// What is known per resource, by the resource's hash.
     pub(crate) facts: quick_cache::sync::Cache<u64, Facts>,
     resources: RandomState,
@@ -197,6 +232,7 @@ impl Shared {
         Self {
             facts: quick_cache::sync::Cache::new(config.remembered),
             group,
+            memo: Memo::new(&config),
             resources: RandomState::new(),
             streaming: Arc::default(),
             keep: Keep {

@@ -23,7 +23,7 @@ use crate::flown::{Failure, Flown, mark};
 use crate::memo::{Kept, set_age};
 use crate::rules;
 use crate::served::Served;
-use crate::state::{Counters, Shared};
+use crate::state::{Counters, Shared, Waiter};
 
 type Call<S, ReqBody> = TryCall<'static, Arc<str>, Flown, RandomState, Make<S, ReqBody>>;
 
@@ -141,8 +141,10 @@ where
         slot: Arc<Slot<S, ReqBody>>,
         id: u64,
         shared: Arc<Shared>,
+        key: &Arc<str>,
         memo_key: Option<Arc<str>>,
     ) -> Self {
+        let waiter = shared.waiting.enter(&key);
         let deadline = shared
             .config
             .max_wait
@@ -157,6 +159,7 @@ where
                         shared,
                         released: false,
                         memo_key,
+                        _waiter: waiter,
                         deadline,
                     },
                 }),
@@ -206,6 +209,9 @@ where
     /// The key, kept only when the memo is on: to answer with a kept
     /// response when the upstream fails (stale-if-error).
     memo_key: Option<Arc<str>>,
+    /// Counts this request in [`Coalesce::in_progress`](crate::Coalesce::in_progress)
+    /// while it waits.
+    _waiter: Waiter,
     /// When this request stops waiting ([`CoalesceLayer::max_wait`](crate::CoalesceLayer::max_wait)).
     deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -362,6 +368,7 @@ where
                     released,
                     memo_key,
                     deadline,
+                    ..
                 } = waiting;
                 let delivery = match Pin::new(call).poll(cx) {
                     Poll::Pending => {

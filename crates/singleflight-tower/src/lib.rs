@@ -77,4 +77,4 @@ pub use layer::CoalesceLayer;
 pub use memo::Purge;
 pub use served::Served;
 pub use service::Coalesce;
-pub use state::Stats;
+pub use state::{InProgress, Stats};

@@ -21,7 +21,7 @@ use crate::future::{ResponseFuture, kept_answer};
 use crate::memo::{Lookup, Purge};
 use crate::rules;
 use crate::served::Served;
-use crate::state::{Counters, Shared, Stats};
+use crate::state::{Counters, InProgress, Shared, Stats};
 
 /// Coalesces identical concurrent HTTP requests to the inner service; made
 /// by [`CoalesceLayer`](crate::CoalesceLayer).
@@ -202,6 +202,19 @@ impl<S> Coalesce<S> {
         self.shared.group.stats()
     }
 
+    /// The keys whose flights have requests waiting for their response
+    /// head now, most waiters first: the hot keys, live.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let service = singleflight_tower::Coalesce::new(());
+    /// assert!(service.in_progress().is_empty());
+    /// ```
+    pub fn in_progress(&self) -> Vec<InProgress> {
+        self.shared.waiting.list()
+    }
+
     /// The number of flights in progress: waiting for their response head,
     /// or streaming a body that requests may still join.
     ///
@@ -363,7 +376,7 @@ impl<S> Coalesce<S> {
         }
         Counters::add(&self.shared.counters.coalesced);
         let memo_key = self.shared.memo.is_some().then(|| Arc::clone(&key));
-        let call = self.shared.group.try_call_owned(key, make);
-        ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), memo_key)
+        let call = self.shared.group.try_call_owned(Arc::clone(&key), make);
+        ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), &key, memo_key)
     }
 }

@@ -211,6 +211,89 @@ impl Streaming {
     }
 }
 
+/// A key whose flight has requests waiting for its response head; from
+/// [`Coalesce::in_progress`](crate::Coalesce::in_progress).
+///
+/// # Examples
+///
+/// ```
+/// # let service = singleflight_tower::Coalesce::new(());
+/// for flight in service.in_progress() {
+///     println!("{} waiters on {} for {:?}", flight.waiters, flight.key, flight.age);
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InProgress {
+    /// The flight's key (method, URL and key headers).
+    pub key: String,
+    /// How long requests have been waiting on it: since the first of those
+    /// still waiting arrived.
+    pub age: std::time::Duration,
+    /// Requests waiting on it now, its leader included.
+    pub waiters: usize,
+}
+
+/// The keys with requests waiting for their flight, and how many: what
+/// [`InProgress`] reports. Every waiting request holds a [`Waiter`].
+#[derive(Default)]
+pub(crate) struct Waiting {
+    keys: Mutex<HashMap<Arc<str>, (Instant, usize)>>,
+}
+
+impl Waiting {
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (Instant, usize)>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a request waiting on `key` until the guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>, key: &Arc<str>) -> Waiter {
+        self.keys()
+            .entry(Arc::clone(key))
+            .or_insert_with(|| (Instant::now(), 0))
+            .1 += 1;
+        Waiter {
+            waiting: Arc::clone(self),
+            key: Arc::clone(key),
+        }
+    }
+
+    /// The keys with waiters, most waiters first.
+    pub(crate) fn list(&self) -> Vec<InProgress> {
+        let now = Instant::now();
+        let mut list: Vec<InProgress> = self
+            .keys()
+            .iter()
+            .map(|(key, (since, waiters))| InProgress {
+                key: key.to_string(),
+                age: now.saturating_duration_since(*since),
+                waiters: *waiters,
+            })
+            .collect();
+        list.sort_by(|a, b| b.waiters.cmp(&a.waiters).then_with(|| b.age.cmp(&a.age)));
+        list
+    }
+}
+
+/// A request waiting on its key's flight, counted in [`Waiting`].
+pub(crate) struct Waiter {
+    waiting: Arc<Waiting>,
+    key: Arc<str>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut keys = self.waiting.keys();
+        if let Some((_, waiters)) = keys.get_mut(&self.key) {
+            debug_assert!(*waiters > 0, "a waiter was counted");
+            *waiters -= 1;
+            if *waiters == 0 {
+                keys.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The state every clone of a [`Coalesce`](crate::Coalesce) shares.
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
@@ -221,6 +304,8 @@ pub(crate) struct Shared {
     pub(crate) facts: quick_cache::sync::Cache<u64, Facts>,
     resources: RandomState,
     pub(crate) streaming: Arc<Streaming>,
+    /// The requests waiting for a flight, by key.
+    pub(crate) waiting: Arc<Waiting>,
     /// How flights keep their bodies, from `config`.
     pub(crate) keep: Keep,
     pub(crate) counters: Counters,
@@ -235,6 +320,7 @@ impl Shared {
             memo: Memo::new(&config),
             resources: RandomState::new(),
             streaming: Arc::default(),
+            waiting: Arc::default(),
             keep: Keep {
                 window: config.body_window,
                 spill_max: config.spill_max,

@@ -1,7 +1,8 @@
 //! The memo as an HTTP cache: each response's own freshness (RFC 9111),
 //! `Age`, the stale windows (RFC 5861) from the settings and from the
-//! response, the byte budget, purges, the wait limit, and where each
-//! response came from. Time is tokio's paused clock: nothing waits for real.
+//! response, the byte budget, purges, the wait limit, where each response
+//! came from, and the flights in progress. Time is tokio's paused clock:
+//! nothing waits for real.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -560,4 +561,33 @@ async fn every_response_says_where_it_came_from() {
         .body(Empty::new())
         .expect("a request");
     assert_eq!(send(&service, post).await.served, Some(Served::Bypass));
+}
+
+#[tokio::test]
+async fn the_flights_in_progress_show_each_hot_key_and_its_waiters() {
+    let started = Arc::new(Notify::new());
+    let (release, gate) = oneshot::channel();
+    let up = held(Arc::clone(&started), gate);
+    let service = CoalesceLayer::new().layer(up.service.clone());
+    let mut herd = Vec::new();
+    herd.push(tokio::spawn(send(&service, get("/hot"))));
+    started.notified().await;
+    for _ in 0..4 {
+        herd.push(tokio::spawn(send(&service, get("/hot"))));
+    }
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    let flights = service.in_progress();
+    assert_eq!(flights.len(), 1, "{flights:?}");
+    assert!(
+        flights[0].key.starts_with("GET http://example.test/hot"),
+        "{flights:?}"
+    );
+    assert_eq!(flights[0].waiters, 5);
+    release.send(()).expect("the leader waits");
+    for request in herd {
+        assert_eq!(request.await.expect("a task").body, "0");
+    }
+    assert!(service.in_progress().is_empty());
 }

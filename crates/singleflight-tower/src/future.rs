@@ -144,7 +144,7 @@ where
         key: &Arc<str>,
         memo_key: Option<Arc<str>>,
     ) -> Self {
-        let waiter = shared.waiting.enter(&key);
+        let waiter = shared.waiting.enter(key);
         let deadline = shared
             .config
             .max_wait

@@ -3,6 +3,9 @@
 # histograms on, as always), nginx answering `return 200` (the floor: no
 # proxying at all), and nginx's `proxy_cache` hit, side by side in one run,
 # each in front of the same loopback upstream (`singleflight upstream`).
+# A second `singleflight upstream` is measured too (`hyper-floor`): a hyper
+# server answering from memory, what the proxy's server stack costs with no
+# proxy in it.
 #
 # wrk -t2 -c256 for DURATION seconds per contender and round, ROUNDS rounds,
 # contenders interleaved; every contender is warmed up first (its cache
@@ -41,7 +44,7 @@ cleanup() {
 trap cleanup EXIT
 
 UP=127.0.0.1:18491 SF=127.0.0.1:18492 SF_ADMIN=127.0.0.1:18493
-NG_RETURN=127.0.0.1:18494 NG_CACHE=127.0.0.1:18495
+NG_RETURN=127.0.0.1:18494 NG_CACHE=127.0.0.1:18495 HYPER=127.0.0.1:18496
 PATH_HOT=/report?id=hot
 
 wait_up() {
@@ -53,7 +56,8 @@ wait_up() {
   exit 1
 }
 "$BIN" upstream --listen $UP --delay 0 2>/dev/null & pids+=($!)
-wait_up $UP /healthz
+"$BIN" upstream --listen $HYPER --delay 0 2>/dev/null & pids+=($!)
+wait_up $UP /healthz; wait_up $HYPER /healthz
 "$BIN" proxy --listen $SF --upstream http://$UP --admin $SF_ADMIN --memo-ttl 1h --quiet \
   2>/dev/null & pids+=($!)
 
@@ -92,14 +96,14 @@ rps() {
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-for addr in $SF $NG_RETURN $NG_CACHE; do rps $addr 2 >/dev/null; done
+for addr in $SF $NG_RETURN $NG_CACHE $HYPER; do rps $addr 2 >/dev/null; done
 upstream_before=$(curl -s "http://$UP/metrics" | awk '/^upstream_requests_total/ {print int($2)}')
 
-names=(singleflight-memo nginx-return nginx-proxy-cache)
-addrs=($SF $NG_RETURN $NG_CACHE)
+names=(singleflight-memo nginx-return nginx-proxy-cache hyper-floor)
+addrs=($SF $NG_RETURN $NG_CACHE $HYPER)
 for round in $(seq "$ROUNDS"); do
   line="round $round:"
-  for i in 0 1 2; do
+  for i in 0 1 2 3; do
     r=$(rps "${addrs[$i]}")
     echo "$r" >>"$TMP/${names[$i]}"
     line="$line ${names[$i]}=$r"
@@ -112,11 +116,15 @@ hits=$(curl -s "http://$SF_ADMIN/metrics" | awk '/^singleflight_memo_hits_total/
 sf=$(median <"$TMP/singleflight-memo")
 ret=$(median <"$TMP/nginx-return")
 cache=$(median <"$TMP/nginx-proxy-cache")
+hyper=$(median <"$TMP/hyper-floor")
 echo
 echo "median requests/s, wrk -t2 -c$CONNECTIONS, ${DURATION}s x $ROUNDS rounds:"
-printf '  %-22s %10.0f\n' singleflight-memo "$sf" nginx-return "$ret" nginx-proxy-cache "$cache"
-awk -v s="$sf" -v r="$ret" -v c="$cache" 'BEGIN {
+printf '  %-22s %10.0f\n' singleflight-memo "$sf" nginx-return "$ret" nginx-proxy-cache "$cache" \
+  hyper-floor "$hyper"
+awk -v s="$sf" -v r="$ret" -v c="$cache" -v h="$hyper" 'BEGIN {
   printf "  singleflight / nginx return 200:   %.2fx (target >= 0.80x)\n", s / r
   printf "  singleflight / nginx proxy_cache:  %.2fx (target >= 1.20x)\n", s / c
+  printf "  hyper floor / nginx return 200:    %.2fx\n", h / r
+  printf "  singleflight / hyper floor:        %.2fx\n", s / h
 }'
 echo "  upstream requests during the rounds: $((upstream_after - upstream_before)); singleflight memo hits: $hits"

@@ -303,7 +303,6 @@ impl<S> Coalesce<S> {
             }
             return ResponseFuture::passthrough(self.inner.call(Request::from_parts(head, body)));
         };
-        let key: Arc<str> = Arc::from(key);
         let mut refresh = None;
         if let Some(memo) = &self.shared.memo
             && !(self.shared.config.request_no_cache && rules::request_no_cache(&head.headers))
@@ -349,6 +348,8 @@ impl<S> Coalesce<S> {
                 }
             }
         }
+        // Shared from here on; a memo hit never gets this far.
+        let key: Arc<str> = Arc::from(key);
         // A flight may outlive this call: take the service that was driven
         // to readiness, and leave a clone.
         let clone = self.inner.clone();

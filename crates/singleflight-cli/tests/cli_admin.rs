@@ -72,14 +72,22 @@ async fn every_series_in_metrics_matches_the_layers_snapshot() {
     }
     let (status, _) = post(&url, "a write").await;
     assert_eq!(status, 200);
+    // A GET with a cookie is its sender's own: straight through.
+    let with_cookie = http::Request::get(&url)
+        .header("cookie", "session=1")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("a request");
+    let response = client.request(with_cookie).await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.expect("a body");
 
     // A response is timed when its body is done, which the server sees
-    // just after the client: scrape until all 12 are in, boundedly.
+    // just after the client: scrape until all 13 are in, boundedly.
     let mut metrics = String::new();
     let sources = ["leader", "follower", "memo", "stale", "bypass"];
     for _ in 0..100 {
         metrics = get(&client, &format!("{admin}/metrics")).await.2;
-        if counted(&metrics, &sources) >= 12.0 {
+        if counted(&metrics, &sources) >= 13.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -123,14 +131,19 @@ async fn every_series_in_metrics_matches_the_layers_snapshot() {
     // response; and the histograms add up to the requests.
     assert_eq!((group.executions, group.shared), (1, 8));
     assert_eq!((stats.memo_hits, stats.memo_entries), (3, 1));
+    assert_eq!(stats.bypassed, 1, "the GET with a cookie");
     assert!(stats.memo_bytes > 0);
     assert_eq!(counted(&metrics, &["memo"]), 3.0);
     assert_eq!(counted(&metrics, &["leader"]), 1.0);
     assert_eq!(counted(&metrics, &["follower"]), 7.0);
-    assert_eq!(counted(&metrics, &["bypass"]), 1.0, "the POST");
+    assert_eq!(
+        counted(&metrics, &["bypass"]),
+        2.0,
+        "the POST and the cookie"
+    );
     assert_eq!(
         read_metric(&metrics, "singleflight_requests_total", None),
-        Some(12.0)
+        Some(13.0)
     );
     assert_eq!(
         read_metric(
@@ -138,8 +151,8 @@ async fn every_series_in_metrics_matches_the_layers_snapshot() {
             "singleflight_upstream_duration_seconds_count",
             None
         ),
-        Some(2.0),
-        "the flight and the POST"
+        Some(3.0),
+        "the flight, the POST and the cookie"
     );
     assert_eq!(
         read_metric(&metrics, "singleflight_build_info", None),

@@ -136,7 +136,14 @@ pub async fn start(opts: ProxyOpts) -> anyhow::Result<Running> {
         .with_connect_timeout(opts.upstream_timeout);
     let listener = bind(opts.listen, "--listen").await?;
     let admin_listener = match opts.admin {
-        Some(addr) => Some(bind(addr, "--admin").await?),
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "--admin {addr} is not on loopback: whoever reaches it can purge the memo; give a bare port to listen on 127.0.0.1"
+                );
+            }
+            Some(bind(addr, "--admin").await?)
+        }
         None => None,
     };
     if let Err(why) = probe_upstream(&upstream, &settings, "--upstream").await {

@@ -73,6 +73,9 @@ where
 }
 
 /// The subcommands.
+// Parsed once per process and moved once: boxing the largest would buy
+// nothing but a less direct `Command::Proxy(opts)`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 #[non_exhaustive]
 #[expect(

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use singleflight::policy::Stats;
 
@@ -26,9 +26,37 @@ impl fmt::Debug for Registry {
 
 impl Registry {
     pub(crate) fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Histograms as histograms (buckets), not summaries: they add up
+        // across instances.
+        let builder = PrometheusBuilder::new();
+        let builder = match builder.set_buckets(&SECONDS_BUCKETS) {
+            Ok(builder) => builder,
+            Err(_) => PrometheusBuilder::new(),
+        };
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        Self { recorder, handle }
+        let registry = Self { recorder, handle };
+        registry
+            .gauge(
+                "singleflight_build_info",
+                "The running build: always 1, its version as a label.",
+                &[("version", env!("CARGO_PKG_VERSION"))],
+            )
+            .set(1.0);
+        registry
+    }
+
+    /// A histogram of durations in seconds named `name` with `labels`.
+    pub(crate) fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &'static str)],
+    ) -> Histogram {
+        self.recorder
+            .describe_histogram(name.into(), Some(Unit::Seconds), help.into());
+        self.recorder
+            .register_histogram(&key(name, labels), &METADATA)
     }
 
     /// A counter named `name` with `labels`; the same name and labels give the same counter.
@@ -62,11 +90,21 @@ impl Registry {
     }
 }
 
-/// The group's counters ([`Stats`]), copied into the registry on each scrape.
+/// Bucket bounds of the duration histograms, in seconds: 100 µs to 10 s.
+const SECONDS_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// The group's counters ([`Stats`]), every one of them, copied into the
+/// registry on each scrape from one snapshot.
 pub(crate) struct GroupCounters {
     calls: Counter,
     executions: Counter,
     shared: Counter,
+    memo_hits: Counter,
+    stale_hits: Counter,
+    timeouts: Counter,
     cancellations: Counter,
     panics: Counter,
     flights: Gauge,
@@ -87,6 +125,18 @@ impl GroupCounters {
                 "singleflight_shared_total",
                 "Calls that received a result shared with other calls.",
             ),
+            memo_hits: counter(
+                "singleflight_memo_hits_total",
+                "Calls answered from the memo, fresh.",
+            ),
+            stale_hits: counter(
+                "singleflight_stale_hits_total",
+                "Calls answered from the memo past their lifetime (while a refresh runs, or the upstream failed).",
+            ),
+            timeouts: counter(
+                "singleflight_timeouts_total",
+                "Calls that stopped waiting at their wait limit.",
+            ),
             cancellations: counter(
                 "singleflight_cancellations_total",
                 "Flights dropped when every caller left.",
@@ -104,6 +154,9 @@ impl GroupCounters {
         self.calls.absolute(stats.calls);
         self.executions.absolute(stats.executions);
         self.shared.absolute(stats.shared);
+        self.memo_hits.absolute(stats.memo_hits);
+        self.stale_hits.absolute(stats.stale_hits);
+        self.timeouts.absolute(stats.timeouts);
         self.cancellations.absolute(stats.cancellations);
         self.panics.absolute(stats.panics);
         self.flights.set(stats.flights as f64);

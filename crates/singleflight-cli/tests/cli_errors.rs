@@ -165,6 +165,52 @@ fn stale_without_a_memo_ttl() {
 }
 
 #[test]
+fn memo_settings_that_cannot_work() {
+    assert_bad_input(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--stale-if-error",
+            "5m",
+        ],
+        &["--stale-if-error", "--memo-ttl"],
+    );
+    assert_bad_input(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--memo-ttl",
+            "1s",
+            "--memo-max-bytes",
+            "0",
+        ],
+        &["--memo-max-bytes", "64MiB"],
+    );
+    assert_bad_input(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--on-max-wait",
+            "wait",
+        ],
+        &["--on-max-wait", "wait", "504", "bypass"],
+    );
+    assert_bad_input(
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--admin",
+            "localhost",
+        ],
+        &["--admin", "IP:PORT"],
+    );
+}
+
+#[test]
 fn unparsable_sizes() {
     assert_bad_input(
         &[

@@ -39,7 +39,7 @@ async fn every_json_log_line_parses_and_the_access_log_has_its_fields() {
         .filter(|l| l["target"] == "singleflight::access")
         .collect();
     assert_eq!(access.len(), 2, "{log:#?}");
-    for (line, source) in access.iter().zip(["flight", "memo"]) {
+    for (line, source) in access.iter().zip(["leader", "memo"]) {
         assert_eq!(line["method"], "GET");
         assert_eq!(line["path"], "/report?id=3");
         assert_eq!(line["status"], 200);

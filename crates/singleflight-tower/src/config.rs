@@ -64,6 +64,49 @@ pub const DEFAULT_BODY_WINDOW: usize = 4 << 20;
 /// ```
 pub const DEFAULT_SPILL_MAX: u64 = 1 << 30;
 
+/// The default name of the response header that marks a kept response
+/// served past its lifetime: `while-revalidate` (a refresh runs) or
+/// `if-error` (the upstream failed); see
+/// [`CoalesceLayer::stale_header`](crate::CoalesceLayer::stale_header).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(singleflight_tower::DEFAULT_STALE_HEADER, "x-singleflight-stale");
+/// ```
+pub const DEFAULT_STALE_HEADER: &str = "x-singleflight-stale";
+
+/// The default byte budget of the memo (64 MiB); see
+/// [`CoalesceLayer::memo_max_bytes`](crate::CoalesceLayer::memo_max_bytes).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(singleflight_tower::DEFAULT_MEMO_MAX_BYTES, 64 << 20);
+/// ```
+pub const DEFAULT_MEMO_MAX_BYTES: u64 = 64 << 20;
+
+/// What a request that waited [`CoalesceLayer::max_wait`](crate::CoalesceLayer::max_wait)
+/// for its flight does.
+///
+/// # Examples
+///
+/// ```
+/// use singleflight_tower::OnMaxWait;
+/// assert_eq!(OnMaxWait::default(), OnMaxWait::GatewayTimeout);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnMaxWait {
+    /// Answer `504 Gateway Timeout`; the flight goes on for the others.
+    #[default]
+    GatewayTimeout,
+    /// Send its own request upstream, not coalesced (nginx's
+    /// `proxy_cache_lock_timeout`). The request that leads the flight is
+    /// already upstream: it keeps waiting for its own response.
+    Bypass,
+}
+
 /// The layer's settings; shared, never changed once a service is built.
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -80,6 +123,13 @@ pub(crate) struct Config {
     pub(crate) metrics: Option<String>,
     pub(crate) memo_ttl: Option<Duration>,
     pub(crate) stale: Option<Duration>,
+    pub(crate) stale_if_error: Option<Duration>,
+    pub(crate) stale_header: Option<HeaderName>,
+    pub(crate) memo_max_bytes: u64,
+    pub(crate) memo_max_entry: u64,
+    pub(crate) request_no_cache: bool,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) on_max_wait: OnMaxWait,
 }
 
 impl Default for Config {
@@ -98,6 +148,13 @@ impl Default for Config {
             metrics: None,
             memo_ttl: None,
             stale: None,
+            stale_if_error: None,
+            stale_header: Some(HeaderName::from_static(DEFAULT_STALE_HEADER)),
+            memo_max_bytes: DEFAULT_MEMO_MAX_BYTES,
+            memo_max_entry: u64::MAX,
+            request_no_cache: true,
+            max_wait: None,
+            on_max_wait: OnMaxWait::GatewayTimeout,
         }
     }
 }
@@ -118,6 +175,13 @@ impl fmt::Debug for Config {
             .field("metrics", &self.metrics)
             .field("memo_ttl", &self.memo_ttl)
             .field("stale", &self.stale)
+            .field("stale_if_error", &self.stale_if_error)
+            .field("stale_header", &self.stale_header)
+            .field("memo_max_bytes", &self.memo_max_bytes)
+            .field("memo_max_entry", &self.memo_max_entry)
+            .field("request_no_cache", &self.request_no_cache)
+            .field("max_wait", &self.max_wait)
+            .field("on_max_wait", &self.on_max_wait)
             .finish()
     }
 }

@@ -83,6 +83,9 @@ pin_project! {
             id: u64,
             resource: u64,
             key: Arc<str>,
+            // The request's path and query, when the memo may keep the
+            // response (what purges match).
+            target: Option<Box<str>>,
         },
         Joining {
             response: Option<Arc<SharedResponse>>,
@@ -116,6 +119,12 @@ where
         Counters::add(&shared.counters.flights);
         request.extensions_mut().insert(FlightKey(Arc::clone(&key)));
         let leader_headers = request.headers().clone();
+        let target = shared.memo.as_ref().map(|_| {
+            let uri = request.uri();
+            uri.path_and_query()
+                .map_or_else(|| uri.path(), |target| target.as_str())
+                .into()
+        });
         Self::Calling {
             future: service.call(request),
             leader_headers,
@@ -123,6 +132,7 @@ where
             id,
             resource,
             key,
+            target,
         }
     }
 }
@@ -137,7 +147,7 @@ where
     type Output = Flown;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Flown> {
-        let (future, leader_headers, shared, id, resource, key) = match self.project() {
+        let (future, leader_headers, shared, id, resource, key, target) = match self.project() {
             WorkProj::Calling {
                 future,
                 leader_headers,
@@ -145,7 +155,8 @@ where
                 id,
                 resource,
                 key,
-            } => (future, leader_headers, shared, *id, *resource, key),
+                target,
+            } => (future, leader_headers, shared, *id, *resource, key, target),
             WorkProj::Joining { response } => {
                 return Poll::Ready(match response.take() {
                     Some(response) => Flown::Joined(response),
@@ -201,6 +212,11 @@ where
         // cannot have settled in between.
         if response.body.streaming() {
             shared.streaming.register(Arc::clone(key), id, &response);
+        }
+        // Kept before this flight ends too: a request that arrives between
+        // the two finds either the flight or the kept response.
+        if let (Some(memo), Some(target)) = (&shared.memo, target.as_deref()) {
+            memo.keep(key, target, &response, Instant::now());
         }
         Poll::Ready(Flown::Shared(response))
     }

@@ -13,7 +13,6 @@ use http_body::Body;
 
 use crate::body::{BoxBody, CoalescedBody, SharedBody};
 use crate::config::Config;
-use crate::rules;
 
 /// What a flight gives each of its waiters.
 #[derive(Clone)]
@@ -26,21 +25,6 @@ pub(crate) enum Flown {
     Joined(Arc<SharedResponse>),
     Private(Arc<PrivateResponse>),
     Failed(Failure),
-}
-
-impl Flown {
-    /// Whether a later request may be answered with this (the memo): a
-    /// shared response, not a 5xx, not `no-cache`, whose body a new reader
-    /// gets whole.
-    pub(crate) fn replayable(&self) -> bool {
-        let (Flown::Shared(response) | Flown::Joined(response)) = self else {
-            return false;
-        };
-        let parts = &response.head.parts;
-        !parts.status.is_server_error()
-            && !rules::has_directive(&parts.headers, "no-cache")
-            && response.body.replayable()
-    }
 }
 
 /// A response every waiter gets: its head, and its body to read.

@@ -8,19 +8,22 @@ use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use singleflight::Source;
 use singleflight::future::TryCall;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use crate::body::CoalescedBody;
+use crate::body::{CoalescedBody, Reader};
+use crate::config::OnMaxWait;
 use crate::error::BoxError;
 use crate::flight::{Make, Slot};
 use crate::flown::{Failure, Flown, mark};
+use crate::memo::{Kept, set_age};
 use crate::rules;
-use crate::state::{Counters, Shared};
+use crate::served::Served;
+use crate::state::{Counters, Shared, Waiter};
 
 type Call<S, ReqBody> = TryCall<'static, Arc<str>, Flown, RandomState, Make<S, ReqBody>>;
 
@@ -81,6 +84,11 @@ pin_project! {
         Coalesced {
             state: Pin<Box<State<S, ReqBody>>>,
         },
+        // Answered from the memo: the head to send and a reader of the
+        // kept body.
+        Kept {
+            kept: Option<Box<(http::response::Parts, Reader)>>,
+        },
     }
 }
 
@@ -123,13 +131,25 @@ where
         }
     }
 
+    pub(crate) fn kept(kept: Box<(http::response::Parts, Reader)>) -> Self {
+        Self {
+            kind: Kind::Kept { kept: Some(kept) },
+        }
+    }
+
     pub(crate) fn coalesced(
         call: Call<S, ReqBody>,
         slot: Arc<Slot<S, ReqBody>>,
         id: u64,
         shared: Arc<Shared>,
+        key: &Arc<str>,
         memo_key: Option<Arc<str>>,
     ) -> Self {
+        let waiter = shared.waiting.enter(key);
+        let deadline = shared
+            .config
+            .max_wait
+            .map(|limit| Box::pin(tokio::time::sleep(limit)));
         Self {
             kind: Kind::Coalesced {
                 state: Box::pin(State::Waiting {
@@ -140,11 +160,40 @@ where
                         shared,
                         released: false,
                         memo_key,
+                        _waiter: waiter,
+                        deadline,
                     },
                 }),
             },
         }
     }
+}
+
+/// The head and body reader of a kept response, as served at `now`: with
+/// its `Age`, marked shared, and stale (`stale` says why) when it is.
+pub(crate) fn kept_answer(
+    kept: &Kept,
+    shared: &Shared,
+    now: Instant,
+    served: Served,
+    stale: Option<&'static str>,
+) -> Box<(http::response::Parts, Reader)> {
+    let config = &*shared.config;
+    let mut head = kept.response.head.parts.clone();
+    set_age(&mut head.headers, kept, now);
+    mark(&mut head.headers, config, true);
+    if let (Some(name), Some(why)) = (&config.stale_header, stale) {
+        head.headers
+            .insert(name.clone(), HeaderValue::from_static(why));
+    }
+    head.extensions.insert(served);
+    Box::new((head, kept.response.body.reader()))
+}
+
+/// Tells whoever reads the response where it came from.
+fn served<B>(mut response: Response<B>, served: Served) -> Response<B> {
+    response.extensions_mut().insert(served);
+    response
 }
 
 /// A coalesced request waiting for its flight.
@@ -158,9 +207,14 @@ where
     shared: Arc<Shared>,
     /// Whether this waiter swapped its ready service for an unready clone.
     released: bool,
-    /// The key, kept only when the memo is on: to drop a kept response whose
-    /// body failed after it was kept.
+    /// The key, kept only when the memo is on: to answer with a kept
+    /// response when the upstream fails (stale-if-error).
     memo_key: Option<Arc<str>>,
+    /// Counts this request in [`Coalesce::in_progress`](crate::Coalesce::in_progress)
+    /// while it waits.
+    _waiter: Waiter,
+    /// When this request stops waiting ([`CoalesceLayer::max_wait`](crate::CoalesceLayer::max_wait)).
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 /// A follower gives back the ready service it was called with (and with it
@@ -193,8 +247,21 @@ fn deliver<S, ReqBody, B: Body>(
 ) -> Delivery<B> {
     let config = &*shared.config;
     let joined = matches!(flown, Flown::Joined(_));
+    // A request whose slot is empty sent its request for the flight.
+    let led = !joined
+        && slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none();
+    let role = if led {
+        Served::Leader
+    } else {
+        Served::Follower
+    };
     match flown {
-        Flown::Failed(failure) => Delivery::Respond(failure.response(config, was_shared)),
+        Flown::Failed(failure) => {
+            Delivery::Respond(served(failure.response(config, was_shared), role))
+        }
         Flown::Private(private) => {
             if private.owner != id {
                 return Delivery::Refetch;
@@ -203,9 +270,9 @@ fn deliver<S, ReqBody, B: Body>(
                 Some(response) => {
                     let mut response = response.map(CoalescedBody::boxed);
                     mark(response.headers_mut(), config, false);
-                    Delivery::Respond(response)
+                    Delivery::Respond(served(response, Served::Leader))
                 }
-                None => Delivery::Respond(Failure::LOST.response(config, false)),
+                None => Delivery::Respond(served(Failure::LOST.response(config, false), role)),
             }
         }
         Flown::Shared(response) | Flown::Joined(response) => {
@@ -236,6 +303,7 @@ fn deliver<S, ReqBody, B: Body>(
             }
             let mut head = response.head.parts.clone();
             mark(&mut head.headers, config, was_shared);
+            head.extensions.insert(role);
             Delivery::Respond(Response::from_parts(head, CoalescedBody::shared(reader)))
         }
     }
@@ -256,11 +324,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Passthrough { future } => match future.poll(cx) {
-                Poll::Ready(Ok(response)) => Poll::Ready(Ok(response.map(CoalescedBody::inner))),
+                Poll::Ready(Ok(response)) => Poll::Ready(Ok(served(
+                    response.map(CoalescedBody::inner),
+                    Served::Bypass,
+                ))),
                 Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
                 Poll::Pending => Poll::Pending,
             },
             KindProj::Coalesced { state } => poll_coalesced(state.as_mut(), cx),
+            KindProj::Kept { kept } => {
+                let (head, reader) = *kept.take().expect("ResponseFuture polled after completion");
+                Poll::Ready(Ok(Response::from_parts(
+                    head,
+                    CoalescedBody::shared(reader),
+                )))
+            }
         }
     }
 }
@@ -290,30 +368,41 @@ where
                     shared,
                     released,
                     memo_key,
+                    deadline,
+                    ..
                 } = waiting;
-                let Poll::Ready(result) = Pin::new(call).poll(cx) else {
-                    if !*released {
-                        *released = true;
-                        release(slot);
+                let delivery = match Pin::new(call).poll(cx) {
+                    Poll::Pending => {
+                        if !*released {
+                            *released = true;
+                            release(slot);
+                        }
+                        let Some(sleep) = deadline.as_mut() else {
+                            return Poll::Pending;
+                        };
+                        if sleep.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        *deadline = None;
+                        match gave_up(slot, shared) {
+                            Some(delivery) => delivery,
+                            // A leader that may bypass is upstream already.
+                            None => return Poll::Pending,
+                        }
                     }
-                    return Poll::Pending;
-                };
-                let (flown, was_shared, kept) = match result {
-                    Ok(outcome) => {
-                        let kept = matches!(outcome.source, Source::Memo | Source::Stale);
-                        (outcome.value, outcome.shared, kept)
+                    Poll::Ready(result) => {
+                        let (flown, was_shared) = match result {
+                            Ok(outcome) => (outcome.value, outcome.shared),
+                            Err(_panicked) => (Flown::Failed(Failure::PANICKED), true),
+                        };
+                        match stale_if_error(&flown, memo_key.as_deref(), shared) {
+                            Some((head, reader)) => Delivery::Respond(Response::from_parts(
+                                head,
+                                CoalescedBody::shared(reader),
+                            )),
+                            None => deliver(flown, was_shared, *id, slot, shared),
+                        }
                     }
-                    Err(_panicked) => (Flown::Failed(Failure::PANICKED), true, false),
-                };
-                let delivery = if kept && !flown.replayable() {
-                    // A kept response whose body failed upstream after it was
-                    // kept: drop it, and fetch our own.
-                    if let Some(key) = memo_key.as_deref() {
-                        shared.group.invalidate(key);
-                    }
-                    Delivery::Refetch
-                } else {
-                    deliver(flown, was_shared, *id, slot, shared)
                 };
                 match delivery {
                     Delivery::Respond(response) => {
@@ -323,7 +412,10 @@ where
                     Delivery::Refetch => {
                         let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
                         let Some(pair) = taken else {
-                            let response = Failure::LOST.response(&shared.config, false);
+                            let response = served(
+                                Failure::LOST.response(&shared.config, false),
+                                Served::Bypass,
+                            );
                             state.set(State::Done);
                             return Poll::Ready(Ok(response));
                         };
@@ -354,7 +446,8 @@ where
                             Err(error) => Failure::of(&*error.into()),
                             Ok(()) => Failure::LOST,
                         };
-                        let response = failure.response(&shared.config, false);
+                        let response =
+                            served(failure.response(&shared.config, false), Served::Bypass);
                         state.set(State::Done);
                         return Poll::Ready(Ok(response));
                     }
@@ -370,12 +463,75 @@ where
                 };
                 mark(response.headers_mut(), &shared.config, false);
                 state.set(State::Done);
-                return Poll::Ready(Ok(response));
+                return Poll::Ready(Ok(served(response, Served::Bypass)));
             }
             StateProj::Done => panic!("ResponseFuture polled after completion"),
         };
         state.set(refetch);
     }
+}
+
+/// What a request that waited its [`CoalesceLayer::max_wait`](crate::CoalesceLayer::max_wait)
+/// does: a 504, or its own request (`None`: it leads the flight, whose
+/// request is its own already, so it keeps waiting).
+fn gave_up<S, ReqBody, B: Body>(slot: &Slot<S, ReqBody>, shared: &Shared) -> Option<Delivery<B>> {
+    let config = &*shared.config;
+    let follows = slot
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some();
+    if config.on_max_wait == OnMaxWait::Bypass {
+        if follows {
+            Counters::add(&shared.counters.max_wait_bypasses);
+            return Some(Delivery::Refetch);
+        }
+        return None;
+    }
+    Counters::add(&shared.counters.max_wait_timeouts);
+    let limit = config.max_wait.unwrap_or_default();
+    let mut response = Response::new(CoalescedBody::full(Bytes::from(format!(
+        "gave up waiting after {limit:?}\n"
+    ))));
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let role = if follows {
+        Served::Follower
+    } else {
+        Served::Leader
+    };
+    Some(Delivery::Respond(served(response, role)))
+}
+
+/// A kept response standing in for a failed flight (a transport error, a
+/// timeout, a 5xx), while the memo may serve it (stale-if-error).
+fn stale_if_error(
+    flown: &Flown,
+    key: Option<&str>,
+    shared: &Shared,
+) -> Option<(http::response::Parts, Reader)> {
+    let failed = match flown {
+        Flown::Failed(_) => true,
+        Flown::Shared(response) | Flown::Joined(response) => {
+            response.head.parts.status.is_server_error()
+        }
+        Flown::Private(_) => false,
+    };
+    if !failed {
+        return None;
+    }
+    let now = Instant::now();
+    let kept = shared.memo.as_ref()?.if_error(key?, now)?;
+    Counters::add(&shared.counters.stale_if_error);
+    Some(*kept_answer(
+        &kept,
+        shared,
+        now,
+        Served::Stale,
+        Some("if-error"),
+    ))
 }
 
 impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
@@ -391,6 +547,7 @@ where
                 State::Refetching { .. } => "Refetching",
                 State::Done => "Done",
             },
+            Kind::Kept { .. } => "Kept",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

@@ -9,7 +9,7 @@ use http::HeaderName;
 use http::request::Parts;
 use tower::Layer;
 
-use crate::config::Config;
+use crate::config::{Config, OnMaxWait};
 use crate::service::Coalesce;
 
 /// Coalesces identical concurrent HTTP requests: wraps a service in
@@ -311,18 +311,26 @@ impl CoalesceLayer {
 }
 
 impl CoalesceLayer {
-    /// Keeps a response for `ttl` after its flight and answers later
-    /// requests for the same key from it, without a request upstream.
+    /// Keeps responses after their flight, an HTTP cache (RFC 9111) in
+    /// front of the inner service: a later request for the same key is
+    /// answered from the kept response, with its `Age`, without a request
+    /// upstream. `ceiling` is the longest a response is kept fresh.
     ///
-    /// Only responses that every later reader can be given whole are kept:
-    /// shared ones (never a `Set-Cookie`, `private` or `no-store` response),
-    /// not a 5xx, not marked `Cache-Control: no-cache`, and with a
-    /// `Content-Length` within [`body_window`](CoalesceLayer::body_window) (or
-    /// no body at all). A kept response whose body then failed upstream is
-    /// dropped at its next hit, and that request fetches its own.
+    /// A response's own lifetime limits it: `s-maxage`, else `max-age`, else
+    /// `Expires` minus `Date`, less the `Age` it came with. Never kept: a
+    /// response private to its requester (`Set-Cookie`, `private`,
+    /// `no-store`), one marked `no-cache`, one whose lifetime is over
+    /// (`max-age=0`, `s-maxage=0`), a 5xx, and a body without a
+    /// `Content-Length` within [`body_window`](CoalesceLayer::body_window)
+    /// and [`memo_max_entry`](CoalesceLayer::memo_max_entry). A kept
+    /// response whose body then failed upstream is dropped at its next hit,
+    /// and that request goes upstream. A request with `Cache-Control:
+    /// no-cache` goes upstream (see
+    /// [`request_no_cache`](CoalesceLayer::request_no_cache)), and what it
+    /// brings back is kept.
     ///
-    /// Use it for data that may be up to `ttl` old (data read
-    /// very often, changed rarely or not needed in real time).
+    /// Use it for data that may be up to `ceiling` old: read very often,
+    /// changed rarely or not needed in real time.
     ///
     /// # Examples
     ///
@@ -331,14 +339,16 @@ impl CoalesceLayer {
     /// let layer = singleflight_tower::CoalesceLayer::new().memo(Duration::from_secs(1));
     /// # drop(layer);
     /// ```
-    pub fn memo(mut self, ttl: Duration) -> Self {
-        self.config().memo_ttl = Some(ttl);
+    pub fn memo(mut self, ceiling: Duration) -> Self {
+        self.config().memo_ttl = Some(ceiling);
         self
     }
 
-    /// Past its [`memo`](CoalesceLayer::memo) TTL, a kept response is still
-    /// served for `grace` while one background request refreshes it (on the
-    /// tokio runtime the service runs on). Needs `memo`; ignored without it.
+    /// Past its lifetime, a kept response is still served for up to `grace`
+    /// while one background request refreshes it (on the tokio runtime the
+    /// service runs on); a response's `stale-while-revalidate=N` (RFC 5861)
+    /// shortens it, and `must-revalidate`, `proxy-revalidate` or `s-maxage`
+    /// forbid it. Needs [`memo`](CoalesceLayer::memo); ignored without it.
     ///
     /// # Examples
     ///
@@ -351,6 +361,113 @@ impl CoalesceLayer {
     /// ```
     pub fn stale_while_revalidate(mut self, grace: Duration) -> Self {
         self.config().stale = Some(grace);
+        self
+    }
+
+    /// When a flight fails (a transport error, a timeout, a 5xx), its
+    /// waiters get the last kept response instead, up to `grace` past its
+    /// lifetime (nginx's `proxy_cache_use_stale`); a response's
+    /// `stale-if-error=N` (RFC 5861) shortens it, and `must-revalidate`,
+    /// `proxy-revalidate` or `s-maxage` forbid it. Such a response carries
+    /// the [`stale_header`](CoalesceLayer::stale_header) (`if-error`). Needs
+    /// [`memo`](CoalesceLayer::memo); ignored without it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let layer = singleflight_tower::CoalesceLayer::new()
+    ///     .memo(Duration::from_secs(1))
+    ///     .stale_if_error(Duration::from_secs(300));
+    /// # drop(layer);
+    /// ```
+    pub fn stale_if_error(mut self, grace: Duration) -> Self {
+        self.config().stale_if_error = Some(grace);
+        self
+    }
+
+    /// Sets the response header that marks a kept response served past its
+    /// lifetime, with `while-revalidate` or `if-error` (by default
+    /// [`DEFAULT_STALE_HEADER`](crate::DEFAULT_STALE_HEADER)); `None` turns
+    /// it off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().stale_header(None);
+    /// # drop(layer);
+    /// ```
+    pub fn stale_header(mut self, name: Option<HeaderName>) -> Self {
+        self.config().stale_header = name;
+        self
+    }
+
+    /// The memo's budget in bytes (by default
+    /// [`DEFAULT_MEMO_MAX_BYTES`](crate::DEFAULT_MEMO_MAX_BYTES)): each kept
+    /// response weighs its body, its headers and its key, and past the
+    /// budget the least useful are dropped (the memo's store is an S3-FIFO
+    /// cache: responses hit again are kept over those that are not).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().memo_max_bytes(256 << 20);
+    /// # drop(layer);
+    /// ```
+    pub fn memo_max_bytes(mut self, bytes: u64) -> Self {
+        self.config().memo_max_bytes = bytes;
+        self
+    }
+
+    /// The largest body the memo keeps, in bytes (by default the
+    /// [`body_window`](CoalesceLayer::body_window), which also bounds it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().memo_max_entry(1 << 20);
+    /// # drop(layer);
+    /// ```
+    pub fn memo_max_entry(mut self, bytes: u64) -> Self {
+        self.config().memo_max_entry = bytes;
+        self
+    }
+
+    /// Whether a request's `Cache-Control: no-cache` (or `max-age=0`, or
+    /// `Pragma: no-cache`) sends it upstream instead of to the memo (by
+    /// default, true). Turn it off when clients send it by habit and the
+    /// upstream must be spared.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let layer = singleflight_tower::CoalesceLayer::new().request_no_cache(false);
+    /// # drop(layer);
+    /// ```
+    pub fn request_no_cache(mut self, honour: bool) -> Self {
+        self.config().request_no_cache = honour;
+        self
+    }
+
+    /// The longest a coalesced request waits for its flight's response head
+    /// (by default, no limit); past it, `on` says what it does: a 504, or
+    /// its own request upstream. The flight goes on for the others either
+    /// way. Counted in [`Stats::max_wait_timeouts`](crate::Stats::max_wait_timeouts)
+    /// and [`Stats::max_wait_bypasses`](crate::Stats::max_wait_bypasses).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use singleflight_tower::{CoalesceLayer, OnMaxWait};
+    ///
+    /// let layer = CoalesceLayer::new().max_wait(Duration::from_secs(2), OnMaxWait::Bypass);
+    /// # drop(layer);
+    /// ```
+    pub fn max_wait(mut self, limit: Duration, on: OnMaxWait) -> Self {
+        let config = self.config();
+        config.max_wait = Some(limit);
+        config.on_max_wait = on;
         self
     }
 }

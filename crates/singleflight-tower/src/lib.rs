@@ -38,7 +38,28 @@
 //! upstream failure mid-body is an [`Error::Upstream`] for every reader,
 //! after the bytes that came before it. No reader ever gets a short body
 //! that looks whole: a server forwarding the body aborts the response.
-
+//!
+//! # The memo: an HTTP cache in front of the flights
+//!
+//! With [`CoalesceLayer::memo`], responses are kept after their flight, by
+//! request key, and later requests are answered from them with their `Age`
+//! ([`Served::Memo`]). Each response's own freshness (RFC 9111) limits how
+//! long: `s-maxage`, `max-age`, `Expires` minus `Date`; `no-store`,
+//! `no-cache`, `private` and zero lifetimes are never kept. Past its
+//! lifetime, a kept response may still be served while a refresh runs
+//! ([`CoalesceLayer::stale_while_revalidate`]) or when the upstream fails
+//! ([`CoalesceLayer::stale_if_error`]), within bounds the response itself
+//! may shorten (RFC 5861). The memo has a byte budget
+//! ([`CoalesceLayer::memo_max_bytes`]) and can be purged
+//! ([`Coalesce::purge`]).
+//!
+//! The memo is the layer's, not the core group's: freshness comes from
+//! HTTP headers, and the core knows nothing of HTTP. The group still
+//! coalesces every flight, refreshes included.
+//!
+//! Every response says where it came from in a [`Served`] extension, for
+//! access logs and metrics.
+//!
 //! # Examples
 //!
 //! With axum (see `examples/axum.rs` for a whole server):
@@ -63,18 +84,23 @@ mod flight;
 mod flown;
 mod future;
 mod layer;
+mod memo;
 mod rules;
+mod served;
 mod service;
 mod state;
 
 pub use body::CoalescedBody;
 pub use config::{
-    DEFAULT_BODY_WINDOW, DEFAULT_BYPASS_HEADER, DEFAULT_SHARED_HEADER, DEFAULT_SPILL_MAX,
+    DEFAULT_BODY_WINDOW, DEFAULT_BYPASS_HEADER, DEFAULT_MEMO_MAX_BYTES, DEFAULT_SHARED_HEADER,
+    DEFAULT_SPILL_MAX, DEFAULT_STALE_HEADER, OnMaxWait,
 };
 pub use error::{BoxError, Error};
 pub use flight::FlightKey;
 pub use future::ResponseFuture;
 pub use layer::CoalesceLayer;
 pub use rules::is_shareable;
+pub use memo::Purge;
+pub use served::Served;
 pub use service::Coalesce;
-pub use state::Stats;
+pub use state::{InProgress, Stats};

@@ -5,9 +5,12 @@
 //! Nothing here holds state or touches the network, so every rule is tested
 //! here on its own.
 
+use std::time::{Duration, SystemTime};
+
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_RANGE, IF_UNMODIFIED_SINCE, PROXY_AUTHORIZATION, RANGE, SET_COOKIE, VARY,
+    AGE, AUTHORIZATION, CACHE_CONTROL, COOKIE, DATE, EXPIRES, HOST, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, PRAGMA, PROXY_AUTHORIZATION, RANGE, SET_COOKIE,
+    VARY,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -183,6 +186,100 @@ pub(crate) fn same_values(
         .all(|(name, values)| headers.get_all(name).iter().eq(values.iter()))
 }
 
+/// The argument of `Cache-Control`'s `directive` as seconds: `None` when
+/// the directive is absent, `Some(None)` when it is present without a number
+/// it can be read as (RFC 9111 §1.2.2: treated as invalid).
+pub(crate) fn directive_seconds(headers: &HeaderMap, directive: &str) -> Option<Option<u64>> {
+    cache_directives(headers).find_map(|written| {
+        let (name, argument) = written.split_once('=').unwrap_or((written, ""));
+        name.trim().eq_ignore_ascii_case(directive).then(|| {
+            let argument = argument.trim().trim_matches('"');
+            // Delta-seconds too large for a u64 are "infinity" (§1.2.2).
+            if !argument.is_empty() && argument.bytes().all(|b| b.is_ascii_digit()) {
+                Some(argument.parse().unwrap_or(u64::MAX))
+            } else {
+                None
+            }
+        })
+    })
+}
+
+/// What a response's headers say about keeping it (RFC 9111, RFC 5861).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Freshness {
+    /// Whether it may be kept at all: not `no-store`, `no-cache` or
+    /// `private`, and its lifetime, if it states one, is not already over.
+    pub(crate) storable: bool,
+    /// Its own lifetime: `s-maxage`, else `max-age`, else `Expires` minus
+    /// `Date`; `None` when it states none.
+    pub(crate) lifetime: Option<Duration>,
+    /// Its `Age` when it arrived.
+    pub(crate) age: Duration,
+    /// `stale-while-revalidate=N`, if given.
+    pub(crate) stale_while_revalidate: Option<Duration>,
+    /// `stale-if-error=N`, if given.
+    pub(crate) stale_if_error: Option<Duration>,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served
+    /// past its lifetime.
+    pub(crate) no_stale: bool,
+}
+
+/// The freshness of a response received at `received` (the wall clock, for
+/// `Expires` when the response has no `Date`).
+pub(crate) fn freshness(headers: &HeaderMap, received: SystemTime) -> Freshness {
+    let seconds = |directive| directive_seconds(headers, directive);
+    let never = has_directive(headers, "no-store")
+        || has_directive(headers, "no-cache")
+        || has_directive(headers, "private");
+    let s_maxage = seconds("s-maxage");
+    // An invalid max-age or s-maxage means stale (§5.2.2.1).
+    let lifetime = match s_maxage.or_else(|| seconds("max-age")) {
+        Some(seconds) => Some(Duration::from_secs(seconds.unwrap_or(0))),
+        None => headers.get(EXPIRES).map(|expires| {
+            let date = headers
+                .get(DATE)
+                .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?).ok())
+                .unwrap_or(received);
+            // An Expires that is not a date means "already expired" (§5.3).
+            expires
+                .to_str()
+                .ok()
+                .and_then(|expires| httpdate::parse_http_date(expires).ok())
+                .and_then(|expires| expires.duration_since(date).ok())
+                .unwrap_or(Duration::ZERO)
+        }),
+    };
+    let age = headers
+        .get(AGE)
+        .and_then(|age| age.to_str().ok()?.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let window = |directive| seconds(directive).flatten().map(Duration::from_secs);
+    Freshness {
+        storable: !never && lifetime.is_none_or(|lifetime| lifetime > age),
+        lifetime,
+        age,
+        stale_while_revalidate: window("stale-while-revalidate"),
+        stale_if_error: window("stale-if-error"),
+        no_stale: s_maxage.is_some()
+            || has_directive(headers, "must-revalidate")
+            || has_directive(headers, "proxy-revalidate"),
+    }
+}
+
+/// Whether a request asks not to be answered from a cache: `Cache-Control:
+/// no-cache` (or `max-age=0`), or `Pragma: no-cache` without `Cache-Control`.
+pub(crate) fn request_no_cache(headers: &HeaderMap) -> bool {
+    if headers.contains_key(CACHE_CONTROL) {
+        return has_directive(headers, "no-cache")
+            || directive_seconds(headers, "max-age") == Some(Some(0));
+    }
+    headers
+        .get_all(PRAGMA)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.trim().eq_ignore_ascii_case("no-cache"))
+}
+
 #[cfg(test)]
 mod tests {
     use http::header::{ACCEPT_ENCODING, ACCEPT_LANGUAGE};
@@ -313,5 +410,111 @@ mod tests {
         let other = head("/", &[("accept-language", "fr")]).headers;
         assert!(!same_values(&other, &names, &expected));
         assert!(!same_values(&HeaderMap::new(), &names, &expected));
+    }
+
+    const RECEIVED: SystemTime = SystemTime::UNIX_EPOCH;
+
+    fn fresh(headers: &[(&str, &str)]) -> Freshness {
+        freshness(&response_headers(headers), RECEIVED)
+    }
+
+    #[test]
+    fn no_store_no_cache_and_private_are_never_kept() {
+        for directive in ["no-store", "no-cache", "private", "max-age=60, No-Cache"] {
+            assert!(
+                !fresh(&[("cache-control", directive)]).storable,
+                "{directive}"
+            );
+        }
+        assert!(fresh(&[]).storable);
+    }
+
+    #[test]
+    fn a_zero_lifetime_is_never_kept() {
+        for directive in [
+            "max-age=0",
+            "s-maxage=0",
+            "max-age=60, s-maxage=0",
+            "max-age=x",
+        ] {
+            let freshness = fresh(&[("cache-control", directive)]);
+            assert!(!freshness.storable, "{directive}");
+        }
+        // Already as old as its lifetime when it arrived.
+        assert!(!fresh(&[("cache-control", "max-age=5"), ("age", "5")]).storable);
+    }
+
+    #[test]
+    fn s_maxage_wins_over_max_age_which_wins_over_expires() {
+        let headers = [
+            ("cache-control", "max-age=60, s-maxage=30"),
+            ("date", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            ("expires", "Thu, 01 Jan 1970 00:01:40 GMT"),
+        ];
+        assert_eq!(fresh(&headers).lifetime, Some(Duration::from_secs(30)));
+        assert_eq!(
+            fresh(&headers[1..]).lifetime,
+            Some(Duration::from_secs(100))
+        );
+        let mut no_shared = headers;
+        no_shared[0] = ("cache-control", "max-age=60");
+        assert_eq!(fresh(&no_shared).lifetime, Some(Duration::from_secs(60)));
+        assert_eq!(fresh(&[]).lifetime, None);
+    }
+
+    #[test]
+    fn expires_counts_from_date_or_from_arrival_and_garbage_is_expired() {
+        let expires = [("expires", "Thu, 01 Jan 1970 00:00:10 GMT")];
+        assert_eq!(fresh(&expires).lifetime, Some(Duration::from_secs(10)));
+        let past = fresh(&[
+            ("expires", "Thu, 01 Jan 1970 00:00:10 GMT"),
+            ("date", "Thu, 01 Jan 1970 00:01:00 GMT"),
+        ]);
+        assert_eq!(past.lifetime, Some(Duration::ZERO));
+        assert!(!past.storable);
+        let garbage = fresh(&[("expires", "0")]);
+        assert_eq!(garbage.lifetime, Some(Duration::ZERO));
+        assert!(!garbage.storable);
+    }
+
+    #[test]
+    fn age_and_the_stale_directives_are_read() {
+        let freshness = fresh(&[
+            (
+                "cache-control",
+                "max-age=60, stale-while-revalidate=5, stale-if-error=\"30\"",
+            ),
+            ("age", "7"),
+        ]);
+        assert_eq!(freshness.age, Duration::from_secs(7));
+        assert_eq!(
+            freshness.stale_while_revalidate,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(freshness.stale_if_error, Some(Duration::from_secs(30)));
+        assert!(!freshness.no_stale);
+    }
+
+    #[test]
+    fn revalidation_directives_and_s_maxage_forbid_stale() {
+        for directive in ["must-revalidate", "proxy-revalidate", "s-maxage=10"] {
+            assert!(
+                fresh(&[("cache-control", directive)]).no_stale,
+                "{directive}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_asks_for_no_cache_with_cache_control_or_pragma() {
+        let request = |headers: &[(&str, &str)]| request_no_cache(&head("/", headers).headers);
+        assert!(request(&[("cache-control", "no-cache")]));
+        assert!(request(&[("cache-control", "max-age=0")]));
+        assert!(request(&[("pragma", "no-cache")]));
+        assert!(!request(&[
+            ("cache-control", "max-age=10"),
+            ("pragma", "no-cache")
+        ]));
+        assert!(!request(&[]));
     }
 }

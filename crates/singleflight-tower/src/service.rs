@@ -9,16 +9,19 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::Body;
-use singleflight::future::{Detached, Group};
+use singleflight::future::Group;
+use tokio::time::Instant;
 use tower::Service;
 
 use crate::body::CoalescedBody;
 use crate::config::Config;
 use crate::error::BoxError;
 use crate::flight::{Make, Slot, Work};
-use crate::flown::Flown;
-use crate::future::ResponseFuture;
-use crate::state::{Counters, Shared, Stats};
+use crate::future::{ResponseFuture, kept_answer};
+use crate::memo::{Lookup, Purge};
+use crate::rules;
+use crate::served::Served;
+use crate::state::{Counters, InProgress, Shared, Stats};
 
 /// Coalesces identical concurrent HTTP requests to the inner service; made
 /// by [`CoalesceLayer`](crate::CoalesceLayer).
@@ -129,24 +132,6 @@ impl<S> Coalesce<S> {
         if let Some(name) = &config.metrics {
             builder = builder.metrics(name.clone());
         }
-        if let Some(ttl) = config.memo_ttl {
-            // Not kept: whatever a later reader could not be given whole.
-            builder = builder
-                .memo_all(ttl)
-                .failure_if(|flown: &Flown| !flown.replayable());
-            if let Some(grace) = config.stale {
-                // Refreshes run on the runtime the service runs on. Outside
-                // one (a future dropped after its runtime), the flight is
-                // dropped, which cancels it.
-                builder = builder
-                    .detach(|flight: Detached| {
-                        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                            drop(runtime.spawn(flight));
-                        }
-                    })
-                    .stale_while_revalidate(grace);
-            }
-        }
         Self {
             inner,
             shared: Arc::new(Shared::new(config, builder.build())),
@@ -179,7 +164,25 @@ impl<S> Coalesce<S> {
     /// assert_eq!(saved, 0);
     /// ```
     pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot()
+        self.shared.counters.snapshot(self.shared.memo.as_ref())
+    }
+
+    /// Drops the kept responses `purge` matches ([`CoalesceLayer::memo`](crate::CoalesceLayer::memo));
+    /// returns how many. Flights in progress are not touched: what they
+    /// bring back is kept as usual.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use singleflight_tower::{Coalesce, Purge};
+    /// # let service = Coalesce::new(());
+    /// assert_eq!(service.purge(&Purge::Prefix("/reports/".into())), 0);
+    /// ```
+    pub fn purge(&self, purge: &Purge) -> usize {
+        self.shared
+            .memo
+            .as_ref()
+            .map_or(0, |memo| memo.purge(purge))
     }
 
     /// The core group's counters, when [`CoalesceLayer::metrics`](crate::CoalesceLayer::metrics) turned
@@ -197,6 +200,19 @@ impl<S> Coalesce<S> {
     /// ```
     pub fn group_stats(&self) -> Option<singleflight::policy::Stats> {
         self.shared.group.stats()
+    }
+
+    /// The keys whose flights have requests waiting for their response
+    /// head now, most waiters first: the hot keys, live.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let service = singleflight_tower::Coalesce::new(());
+    /// assert!(service.in_progress().is_empty());
+    /// ```
+    pub fn in_progress(&self) -> Vec<InProgress> {
+        self.shared.waiting.list()
     }
 
     /// The number of flights in progress: waiting for their response head,
@@ -287,13 +303,58 @@ impl<S> Coalesce<S> {
             }
             return ResponseFuture::passthrough(self.inner.call(Request::from_parts(head, body)));
         };
-        Counters::add(&self.shared.counters.coalesced);
+        let mut refresh = None;
+        if let Some(memo) = &self.shared.memo
+            && !(self.shared.config.request_no_cache && rules::request_no_cache(&head.headers))
+        {
+            let now = Instant::now();
+            let (kept, fresh) = match memo.lookup(&key, now) {
+                Lookup::Fresh(kept) => (Some(kept), true),
+                Lookup::Stale(kept) => (Some(kept), false),
+                Lookup::Miss => (None, false),
+            };
+            if let Some(kept) = kept {
+                let vary = &kept.response.head;
+                if !kept.whole() {
+                    // Its body failed upstream after it was kept.
+                    memo.remove(&key, &kept);
+                } else if rules::same_values(&head.headers, &vary.vary, &vary.leader_values) {
+                    if fresh {
+                        Counters::add(&self.shared.counters.memo_hits);
+                        return ResponseFuture::kept(kept_answer(
+                            &kept,
+                            &self.shared,
+                            now,
+                            Served::Memo,
+                            None,
+                        ));
+                    }
+                    // Stale while one refresh runs, on the runtime the
+                    // service runs on; without one, the request goes upstream.
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        let answer = kept_answer(
+                            &kept,
+                            &self.shared,
+                            now,
+                            Served::Stale,
+                            Some("while-revalidate"),
+                        );
+                        Counters::add(&self.shared.counters.stale_hits);
+                        if !kept.begin_refresh() {
+                            return ResponseFuture::kept(answer);
+                        }
+                        refresh = Some((runtime, kept, answer));
+                    }
+                }
+            }
+        }
+        // Shared from here on; a memo hit never gets this far.
+        let key: Arc<str> = Arc::from(key);
         // A flight may outlive this call: take the service that was driven
         // to readiness, and leave a clone.
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
         let id = self.shared.next_id();
-        let key: Arc<str> = Arc::from(key);
         let slot: Arc<Slot<S, ReqBody>> =
             Arc::new(Mutex::new(Some((inner, Request::from_parts(head, body)))));
         let make: Make<S, ReqBody> = Box::new({
@@ -304,13 +365,19 @@ impl<S> Coalesce<S> {
             );
             move || Work::start(shared, &slot, id, resource, key)
         });
-        let memo_key = self
-            .shared
-            .config
-            .memo_ttl
-            .is_some()
-            .then(|| Arc::clone(&key));
-        let call = self.shared.group.try_call_owned(key, make);
-        ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), memo_key)
+        if let Some((runtime, kept, answer)) = refresh {
+            // This request's own becomes the refresh: its flight keeps
+            // what comes back, and any request that misses joins it.
+            let call = self.shared.group.try_call_owned(Arc::clone(&key), make);
+            drop(runtime.spawn(async move {
+                drop(call.await);
+                kept.end_refresh();
+            }));
+            return ResponseFuture::kept(answer);
+        }
+        Counters::add(&self.shared.counters.coalesced);
+        let memo_key = self.shared.memo.is_some().then(|| Arc::clone(&key));
+        let call = self.shared.group.try_call_owned(Arc::clone(&key), make);
+        ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), &key, memo_key)
     }
 }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::body::{Keep, Settle, SharedBody};
 use crate::config::Config;
 use crate::flown::{Flown, SharedHead, SharedResponse};
+use crate::memo::Memo;
 use crate::rules;
 
 /// What the layer knows about a resource from its last responses (apart
@@ -45,6 +46,11 @@ pub(crate) struct Counters {
     pub(crate) joined: AtomicU64,
     pub(crate) refetched: AtomicU64,
     pub(crate) upstream_errors: AtomicU64,
+    pub(crate) memo_hits: AtomicU64,
+    pub(crate) stale_hits: AtomicU64,
+    pub(crate) stale_if_error: AtomicU64,
+    pub(crate) max_wait_timeouts: AtomicU64,
+    pub(crate) max_wait_bypasses: AtomicU64,
 }
 
 impl Counters {
@@ -52,8 +58,9 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self, memo: Option<&Memo>) -> Stats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let (memo_entries, memo_bytes) = memo.map_or((0, 0), Memo::size);
         Stats {
             coalesced: load(&self.coalesced),
             bypassed: load(&self.bypassed),
@@ -62,6 +69,13 @@ impl Counters {
             joined: load(&self.joined),
             refetched: load(&self.refetched),
             upstream_errors: load(&self.upstream_errors),
+            memo_hits: load(&self.memo_hits),
+            stale_hits: load(&self.stale_hits),
+            stale_if_error: load(&self.stale_if_error),
+            max_wait_timeouts: load(&self.max_wait_timeouts),
+            max_wait_bypasses: load(&self.max_wait_bypasses),
+            memo_entries,
+            memo_bytes,
         }
     }
 }
@@ -105,6 +119,25 @@ pub struct Stats {
     pub refetched: u64,
     /// Flights whose upstream failed (answered 502 or 504).
     pub upstream_errors: u64,
+    /// Requests answered from the memo, fresh.
+    pub memo_hits: u64,
+    /// Requests answered from the memo past a response's lifetime while a
+    /// refresh ran (stale-while-revalidate).
+    pub stale_hits: u64,
+    /// Requests answered from the memo past a response's lifetime because
+    /// the upstream failed (stale-if-error).
+    pub stale_if_error: u64,
+    /// Requests that waited [`CoalesceLayer::max_wait`](crate::CoalesceLayer::max_wait)
+    /// and were answered 504.
+    pub max_wait_timeouts: u64,
+    /// Requests that waited [`CoalesceLayer::max_wait`](crate::CoalesceLayer::max_wait)
+    /// and sent their own request.
+    pub max_wait_bypasses: u64,
+    /// Responses kept in the memo now.
+    pub memo_entries: u64,
+    /// Their weight in bytes (bodies, heads and keys), within
+    /// [`CoalesceLayer::memo_max_bytes`](crate::CoalesceLayer::memo_max_bytes).
+    pub memo_bytes: u64,
 }
 
 /// The shared responses whose bodies are still streaming, by key: a request
@@ -178,14 +211,101 @@ impl Streaming {
     }
 }
 
+/// A key whose flight has requests waiting for its response head; from
+/// [`Coalesce::in_progress`](crate::Coalesce::in_progress).
+///
+/// # Examples
+///
+/// ```
+/// # let service = singleflight_tower::Coalesce::new(());
+/// for flight in service.in_progress() {
+///     println!("{} waiters on {} for {:?}", flight.waiters, flight.key, flight.age);
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InProgress {
+    /// The flight's key (method, URL and key headers).
+    pub key: String,
+    /// How long requests have been waiting on it: since the first of those
+    /// still waiting arrived.
+    pub age: std::time::Duration,
+    /// Requests waiting on it now, its leader included.
+    pub waiters: usize,
+}
+
+/// The keys with requests waiting for their flight, and how many: what
+/// [`InProgress`] reports. Every waiting request holds a [`Waiter`].
+#[derive(Default)]
+pub(crate) struct Waiting {
+    keys: Mutex<HashMap<Arc<str>, (Instant, usize)>>,
+}
+
+impl Waiting {
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (Instant, usize)>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a request waiting on `key` until the guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>, key: &Arc<str>) -> Waiter {
+        self.keys()
+            .entry(Arc::clone(key))
+            .or_insert_with(|| (Instant::now(), 0))
+            .1 += 1;
+        Waiter {
+            waiting: Arc::clone(self),
+            key: Arc::clone(key),
+        }
+    }
+
+    /// The keys with waiters, most waiters first.
+    pub(crate) fn list(&self) -> Vec<InProgress> {
+        let now = Instant::now();
+        let mut list: Vec<InProgress> = self
+            .keys()
+            .iter()
+            .map(|(key, (since, waiters))| InProgress {
+                key: key.to_string(),
+                age: now.saturating_duration_since(*since),
+                waiters: *waiters,
+            })
+            .collect();
+        list.sort_by(|a, b| b.waiters.cmp(&a.waiters).then_with(|| b.age.cmp(&a.age)));
+        list
+    }
+}
+
+/// A request waiting on its key's flight, counted in [`Waiting`].
+pub(crate) struct Waiter {
+    waiting: Arc<Waiting>,
+    key: Arc<str>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut keys = self.waiting.keys();
+        if let Some((_, waiters)) = keys.get_mut(&self.key) {
+            debug_assert!(*waiters > 0, "a waiter was counted");
+            *waiters -= 1;
+            if *waiters == 0 {
+                keys.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The state every clone of a [`Coalesce`](crate::Coalesce) shares.
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) group: Group<Arc<str>, Flown>,
+    /// The kept responses, when the memo is on.
+    pub(crate) memo: Option<Memo>,
     /// What is known per resource, by the resource's hash.
     pub(crate) facts: quick_cache::sync::Cache<u64, Facts>,
     resources: RandomState,
     pub(crate) streaming: Arc<Streaming>,
+    /// The requests waiting for a flight, by key.
+    pub(crate) waiting: Arc<Waiting>,
     /// How flights keep their bodies, from `config`.
     pub(crate) keep: Keep,
     pub(crate) counters: Counters,
@@ -197,8 +317,10 @@ impl Shared {
         Self {
             facts: quick_cache::sync::Cache::new(config.remembered),
             group,
+            memo: Memo::new(&config),
             resources: RandomState::new(),
             streaming: Arc::default(),
+            waiting: Arc::default(),
             keep: Keep {
                 window: config.body_window,
                 spill_max: config.spill_max,

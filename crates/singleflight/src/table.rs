@@ -87,6 +87,11 @@ pub(crate) struct Slot<K, F> {
     /// Shared state of the flight, created lazily by its first follower, so
     /// a call that nobody joins allocates nothing beyond its slot.
     pub(crate) flight: Option<F>,
+    /// The flight's span (async group, feature `tracing`), for its waiters'
+    /// spans to follow from. An id, not a `Span`: cloning one under the
+    /// table lock would call the subscriber there.
+    #[cfg(feature = "tracing")]
+    pub(crate) span: Option<tracing::Id>,
 }
 
 impl<K, F> Slot<K, F> {
@@ -139,6 +144,8 @@ impl<K, F> Table<K, F> {
             retried: false,
             key,
             flight: None,
+            #[cfg(feature = "tracing")]
+            span: None,
         };
         self.slots
             .insert_unique(hash, slot, |slot| hasher.hash_one(&slot.key));

@@ -7,17 +7,16 @@ use singleflight::policy::METRIC_NAMES;
 use singleflight::sync::Group;
 
 #[test]
-fn counters_and_gauges_reach_the_facade_with_the_group_label() {
+fn a_group_built_before_the_recorder_reports_to_it_with_the_group_label() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    // Handles are registered when the group is built: build it under the recorder.
-    let group = metrics::with_local_recorder(&recorder, || {
-        Group::<&str, u32>::builder()
-            .memo_all(std::time::Duration::from_secs(60))
-            .metrics("profiles")
-            .build()
-    });
-    group.call("a", || 1);
+    // Built before the recorder: handles are registered at the first call,
+    // with the recorder in force then, and used from then on.
+    let group = Group::<&str, u32>::builder()
+        .memo_all(std::time::Duration::from_secs(60))
+        .metrics("profiles")
+        .build();
+    metrics::with_local_recorder(&recorder, || group.call("a", || 1));
     group.call("a", || 2);
     assert!(group.try_call("b", || panic!("boom")).is_err());
 

@@ -10,11 +10,32 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use singleflight_tower::CoalesceLayer;
+use singleflight_tower::{CoalesceLayer, OnMaxWait};
 
 use crate::BadInput;
 use crate::args::{HttpUrl, TlsFlags, parse_bytes, parse_duration, parse_http_url, parse_listen};
 use crate::net::Listening;
+
+/// What a request does past `--max-wait`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnMaxWaitArg {
+    /// Answer 504; the flight goes on for the others.
+    #[default]
+    #[value(name = "504")]
+    GatewayTimeout,
+    /// Send its own request upstream.
+    Bypass,
+}
+
+/// The admin address: `IP:PORT`, or a bare `PORT` on loopback, since the
+/// admin endpoints (purges among them) are for the operator.
+fn parse_admin(text: &str) -> Result<SocketAddr, String> {
+    match text.parse::<u16>() {
+        Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => parse_listen(text),
+    }
+}
 
 /// Options of `singleflight proxy`.
 #[derive(Args, Clone, Debug)]
@@ -32,16 +53,37 @@ pub struct ProxyOpts {
     /// A TOML file with any of these options (same names, `_` for `-`); flags and the environment win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Keep a successful response this long after its flight (memoisation).
+    /// Keep responses after their flight, at most this long (an HTTP cache:
+    /// a response's own max-age, s-maxage or Expires is kept to if shorter).
     #[arg(long, value_parser = parse_duration)]
     pub memo_ttl: Option<Duration>,
-    /// Past the memo TTL, serve the old response this long while one refresh runs.
+    /// Past its lifetime, serve a kept response up to this long while one
+    /// refresh runs (a response's stale-while-revalidate shortens it).
     #[arg(long, value_parser = parse_duration)]
     pub stale: Option<Duration>,
-    /// The longest a request waits for its response head; past it, 504 for
-    /// that request while the flight goes on for the others [default: none].
+    /// When the upstream fails (error, timeout, 5xx), serve the last kept
+    /// response up to this long past its lifetime, marked
+    /// `x-singleflight-stale: if-error` (a response's stale-if-error shortens it).
+    #[arg(long, value_parser = parse_duration)]
+    pub stale_if_error: Option<Duration>,
+    /// The memo's budget: kept responses weigh their body, headers and key.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    pub memo_max_bytes: u64,
+    /// The largest body kept in the memo [default: the body window].
+    #[arg(long, value_parser = parse_bytes)]
+    pub memo_max_entry: Option<u64>,
+    /// Answer requests marked `Cache-Control: no-cache` from the memo too,
+    /// instead of sending them upstream.
+    #[arg(long)]
+    pub ignore_request_no_cache: bool,
+    /// The longest a request waits for its response head [default: none];
+    /// past it, see --on-max-wait. The flight goes on for the others.
     #[arg(long, value_parser = parse_duration)]
     pub max_wait: Option<Duration>,
+    /// What a request does past --max-wait: `504`, or `bypass` (its own
+    /// request upstream, as nginx's proxy_cache_lock_timeout).
+    #[arg(long, value_enum, default_value = "504")]
+    pub on_max_wait: OnMaxWaitArg,
     /// The longest an upstream request may take to answer (past it, 504),
     /// and the longest its body may pause (past it, the response is aborted).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -49,8 +91,9 @@ pub struct ProxyOpts {
     /// Send the client's `Host` to the upstream instead of the upstream's own.
     #[arg(long)]
     pub preserve_host: bool,
-    /// Address for /metrics, /healthz and /readyz [default: none].
-    #[arg(long, value_parser = parse_listen)]
+    /// Address for /metrics, /healthz, /readyz, /flights and POST /purge
+    /// [default: none]; a bare PORT listens on loopback (127.0.0.1:PORT).
+    #[arg(long, value_parser = parse_admin)]
     pub admin: Option<SocketAddr>,
     /// How long to wait for requests in flight on shutdown.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -126,9 +169,20 @@ impl ProxyOpts {
     /// A missing upstream, or a setting the proxy cannot honour.
     pub fn check(&self) -> anyhow::Result<()> {
         self.upstream()?;
-        if self.stale.is_some() && self.memo_ttl.is_none() {
+        for (flag, set) in [
+            ("--stale", self.stale.is_some()),
+            ("--stale-if-error", self.stale_if_error.is_some()),
+        ] {
+            if set && self.memo_ttl.is_none() {
+                return Err(BadInput::new(format!(
+                    "{flag} serves a kept response past its lifetime, so it needs --memo-ttl; add --memo-ttl D"
+                ))
+                .into());
+            }
+        }
+        if self.memo_max_bytes == 0 {
             return Err(BadInput::new(
-                "--stale serves a kept response past its TTL, so it needs --memo-ttl; add --memo-ttl D",
+                "--memo-max-bytes 0 keeps nothing; give the memo a budget like 64MiB, or drop --memo-ttl",
             )
             .into());
         }
@@ -176,10 +230,26 @@ impl ProxyOpts {
             layer = layer.spill_dir(dir);
         }
         if let Some(ttl) = self.memo_ttl {
-            layer = layer.memo(ttl);
+            layer = layer
+                .memo(ttl)
+                .memo_max_bytes(self.memo_max_bytes)
+                .request_no_cache(!self.ignore_request_no_cache);
+            if let Some(bytes) = self.memo_max_entry {
+                layer = layer.memo_max_entry(bytes);
+            }
             if let Some(grace) = self.stale {
                 layer = layer.stale_while_revalidate(grace);
             }
+            if let Some(grace) = self.stale_if_error {
+                layer = layer.stale_if_error(grace);
+            }
+        }
+        if let Some(limit) = self.max_wait {
+            let on = match self.on_max_wait {
+                OnMaxWaitArg::GatewayTimeout => OnMaxWait::GatewayTimeout,
+                OnMaxWaitArg::Bypass => OnMaxWait::Bypass,
+            };
+            layer = layer.max_wait(limit, on);
         }
         layer
     }

@@ -6,18 +6,17 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use metrics::Counter;
+use metrics::{Counter, Histogram};
 use singleflight_tower::BoxError;
 
 use super::idle::IdleTimeout;
@@ -53,60 +52,6 @@ pub(super) struct Downstream {
     pub(super) tls: bool,
 }
 
-/// When an upstream response's body ended, if it has; in the response's
-/// extensions, which every waiter of its flight gets a copy of. A response
-/// whose body had ended before a request arrived was kept (the memo), not
-/// joined in flight.
-#[derive(Clone, Debug, Default)]
-pub(super) struct BodyEnd(Arc<OnceLock<Instant>>);
-
-impl BodyEnd {
-    /// When the body ended, if it has.
-    pub(super) fn at(&self) -> Option<Instant> {
-        self.0.get().copied()
-    }
-
-    fn mark(&self) {
-        let _ = self.0.set(Instant::now());
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The upstream's body, marking its [`BodyEnd`] when it ends.
-    struct Watched {
-        #[pin]
-        inner: Incoming,
-        end: BodyEnd,
-    }
-}
-
-impl Body for Watched {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        // A reader that knows the length stops at the last byte, without
-        // polling for the end: that is the end too.
-        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
-            this.end.mark();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Sends requests to the upstream; never fails: errors become 502/504 responses.
 pub(super) struct Forward {
     pub(super) client: HttpClient<ProxyBody>,
@@ -116,6 +61,8 @@ pub(super) struct Forward {
     pub(super) upstream_requests: Counter,
     /// With `--redis`: flights shared with the other instances.
     pub(super) redis: Option<super::redis::RedisShare>,
+    /// Seconds from sending a request to its response head (or failure).
+    pub(super) upstream_seconds: Histogram,
 }
 
 impl Forward {
@@ -160,8 +107,10 @@ impl Forward {
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, body);
         self.upstream_requests.increment(1);
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
-        {
+        let sent = Instant::now();
+        let answered = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        self.upstream_seconds.record(sent.elapsed());
+        let response = match answered {
             Ok(Ok(response)) => response,
             Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
                 return Ok(plain(
@@ -186,12 +135,6 @@ impl Forward {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let end = BodyEnd::default();
-        if body.is_end_stream() {
-            end.mark();
-        }
-        parts.extensions.insert(end.clone());
-        let body = Watched { inner: body, end };
         // The same limit holds between two pieces of the body as for the
         // head: a body that stalls fails every reader, as a reset does.
         let body = IdleTimeout::new(body, self.timeout);

@@ -4,13 +4,16 @@
 //! - `config`: the settings, one field per flag.
 //! - `forward`: one request to the upstream, its headers, its failures.
 //! - `server`: one client request, through the layer, into the access log.
-//! - `admin`: `/metrics`, `/healthz`, `/readyz`.
+//! - `admin`: `/metrics`, `/healthz`, `/readyz`, `/flights`, `POST /purge`.
 //!
 //! The listener serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN under
 //! TLS) on one port; a semaphore caps connections, hyper caps request heads,
 //! request bodies are capped; every upstream request has a timeout, and
 //! every waiter a wait limit (`--max-wait`: the waiter leaves with a 504,
-//! the flight goes on for the others). The proxy starts even when its
+//! or goes upstream on its own with `--on-max-wait bypass`; the flight goes
+//! on for the others). With `--memo-ttl` the layer is an HTTP cache
+//! (freshness, `Age`, stale-while-revalidate, stale-if-error, a byte
+//! budget, purges). The proxy starts even when its
 //! upstream is down, answering 502 until it is up. On SIGINT/SIGTERM
 //! `/readyz` fails, the listener closes and requests in flight get
 //! `--shutdown-timeout` to finish; a second signal stops at once.
@@ -22,13 +25,14 @@ mod idle;
 mod redis;
 mod server;
 
-pub use config::ProxyOpts;
+pub use config::{OnMaxWaitArg, ProxyOpts};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use singleflight_tower::Served;
 use tower::Layer as _;
 
 use crate::net::{ClientSettings, Server, StopSignals, bind, drain_on_signal, probe_upstream};
@@ -37,12 +41,22 @@ use forward::{ArcForward, Forward};
 use server::{Handling, Proxy};
 
 /// A running proxy.
-#[derive(Debug)]
 pub struct Running {
     server: Server,
     admin: Option<Server>,
     ready: Arc<AtomicBool>,
     shutdown_timeout: Duration,
+    proxy: Arc<Proxy>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("server", &self.server)
+            .field("admin", &self.admin)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Running {
@@ -59,6 +73,17 @@ impl Running {
     /// The admin server's base URL, if one runs.
     pub fn admin_url(&self) -> Option<String> {
         self.admin.as_ref().map(Server::url)
+    }
+
+    /// What the coalescing layer has counted so far: what `/metrics`
+    /// exports under `group="proxy"`, with [`Running::group_stats`].
+    pub fn stats(&self) -> singleflight_tower::Stats {
+        self.proxy.coalesce.stats()
+    }
+
+    /// The counters of the layer's group of flights.
+    pub fn group_stats(&self) -> Option<singleflight::policy::Stats> {
+        self.proxy.coalesce.group_stats()
     }
 
     /// Says the proxy no longer takes traffic: `/readyz` answers 503 from
@@ -113,7 +138,14 @@ pub async fn start(opts: ProxyOpts) -> anyhow::Result<Running> {
         .with_connect_timeout(opts.upstream_timeout);
     let listener = bind(opts.listen, "--listen").await?;
     let admin_listener = match opts.admin {
-        Some(addr) => Some(bind(addr, "--admin").await?),
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "--admin {addr} is not on loopback: whoever reaches it can purge the memo; give a bare port to listen on 127.0.0.1"
+                );
+            }
+            Some(bind(addr, "--admin").await?)
+        }
         None => None,
     };
     if let Err(why) = probe_upstream(&upstream, &settings, "--upstream").await {
@@ -127,8 +159,13 @@ pub async fn start(opts: ProxyOpts) -> anyhow::Result<Running> {
         timeout: opts.upstream_timeout,
         preserve_host: opts.preserve_host,
         upstream_requests: registry.counter(
-            "proxy_upstream_requests_total",
-            "Requests sent to the upstream (flights, bypasses and refetches).",
+            "singleflight_upstream_requests_total",
+            "Requests sent to the upstream (flights, bypasses, refetches and refreshes).",
+            &[],
+        ),
+        upstream_seconds: registry.histogram(
+            "singleflight_upstream_duration_seconds",
+            "From sending a request upstream to its response head (or its failure).",
             &[],
         ),
         redis: match &opts.redis {
@@ -142,19 +179,28 @@ pub async fn start(opts: ProxyOpts) -> anyhow::Result<Running> {
             None => None,
         },
     }));
+    let durations = Arc::new(Served::ALL.map(|served| {
+        registry.histogram(
+            "singleflight_request_duration_seconds",
+            "From a request's arrival to the end of its response body, by where the response came from.",
+            &[("source", served.as_str())],
+        )
+    }));
     let proxy = Arc::new(Proxy {
         coalesce: opts.coalesce_layer().layer(forward),
-        requests: registry.counter("proxy_requests_total", "Requests received.", &[]),
+        requests: registry.counter("singleflight_requests_total", "Requests received.", &[]),
+        durations,
         handling: Handling {
             max_body_bytes: opts.max_body_bytes,
-            max_wait: opts.max_wait,
-            memo_ttl: opts.memo_ttl,
             tls: listening.tls.is_some(),
             access_log: !opts.quiet,
         },
     });
-    listening.connections =
-        Some(registry.gauge("proxy_connections", "Client connections open now.", &[]));
+    listening.connections = Some(registry.gauge(
+        "singleflight_connections",
+        "Client connections open now.",
+        &[],
+    ));
     let ready = Arc::new(AtomicBool::new(true));
     let admin = match admin_listener {
         Some(l) => Some(Server::router(
@@ -164,15 +210,19 @@ pub async fn start(opts: ProxyOpts) -> anyhow::Result<Running> {
         )?),
         None => None,
     };
-    let server = Server::spawn(listener, listening, move |peer| {
+    let server = Server::spawn(listener, listening, {
         let proxy = Arc::clone(&proxy);
-        hyper::service::service_fn(move |request| Arc::clone(&proxy).handle(request, peer))
+        move |peer| {
+            let proxy = Arc::clone(&proxy);
+            hyper::service::service_fn(move |request| Arc::clone(&proxy).handle(request, peer))
+        }
     })?;
     Ok(Running {
         server,
         admin,
         ready,
         shutdown_timeout: opts.shutdown_timeout,
+        proxy,
     })
 }
 
@@ -184,7 +234,7 @@ pub(crate) async fn run(opts: ProxyOpts) -> anyhow::Result<()> {
     let running = start(opts).await?;
     match running.admin_url() {
         Some(admin) => tracing::info!(
-            "proxy listening on {} -> {upstream} (/metrics, /healthz, /readyz on {admin})",
+            "proxy listening on {} -> {upstream} (/metrics, /healthz, /readyz, /flights, POST /purge on {admin})",
             running.url(),
         ),
         None => tracing::info!("proxy listening on {} -> {upstream}", running.url()),

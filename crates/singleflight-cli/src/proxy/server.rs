@@ -1,33 +1,31 @@
-//! Handling one client request: the body cap, the coalescing layer, the
-//! per-request wait limit, and the access log line written when the
-//! response's body is done (or dropped).
+//! Handling one client request: the body cap, the coalescing layer, and,
+//! when the response's body is done (or dropped), its duration in the
+//! histogram of where it came from and its access log line. Where it came
+//! from is what the layer says ([`Served`]), never guessed here.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
-use metrics::Counter;
-use singleflight_tower::{BoxError, Coalesce, CoalescedBody};
+use metrics::{Counter, Histogram};
+use singleflight_tower::{BoxError, Coalesce, CoalescedBody, Served};
 use tower::ServiceExt as _;
 
-use super::forward::{ArcForward, BodyEnd, Downstream, ProxyBody, plain};
-use crate::args::fmt_duration;
+use super::forward::{ArcForward, Downstream, ProxyBody, plain};
 use crate::net::Peer;
 
 /// What the request handler needs of the settings.
 #[derive(Clone, Debug)]
 pub(super) struct Handling {
     pub(super) max_body_bytes: u64,
-    pub(super) max_wait: Option<Duration>,
-    pub(super) memo_ttl: Option<Duration>,
     pub(super) tls: bool,
     pub(super) access_log: bool,
 }
@@ -37,10 +35,12 @@ pub(super) struct Proxy {
     pub(super) coalesce: Coalesce<ArcForward>,
     pub(super) handling: Handling,
     pub(super) requests: Counter,
+    /// Request durations, by [`Served`] (in the order of [`Served::ALL`]).
+    pub(super) durations: Arc<[Histogram; 5]>,
 }
 
-/// The proxy's answer: the layer's body, or one made here (413, 504 on
-/// `--max-wait`), counted for the access log.
+/// The proxy's answer: the layer's body, or one made here (413), counted
+/// for the access log.
 pub(super) type Answer = Response<Logged<Either<CoalescedBody<ProxyBody>, ProxyBody>>>;
 
 impl Proxy {
@@ -83,30 +83,32 @@ impl Proxy {
         } else {
             let limit = usize::try_from(self.handling.max_body_bytes).unwrap_or(usize::MAX);
             let request = request.map(|body| Limited::new(body, limit));
-            let call = self.coalesce.clone().oneshot(request);
-            match self.handling.max_wait {
-                None => match call.await {
-                    Ok(response) => response.map(Either::Left),
-                    Err(never) => match never {},
-                },
-                Some(limit) => match tokio::time::timeout(limit, call).await {
-                    Ok(Ok(response)) => response.map(Either::Left),
-                    Ok(Err(never)) => match never {},
-                    Err(_) => local(plain(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!("gave up waiting after {}\n", fmt_duration(limit)),
-                    )),
-                },
+            match self.coalesce.clone().oneshot(request).await {
+                Ok(response) => response.map(Either::Left),
+                Err(never) => match never {},
             }
         };
+        let served = response.extensions().get::<Served>().copied();
         let line = line.map(|mut line| {
             line.status = response.status().as_u16();
-            if let Either::Left(_) = response.body() {
-                (line.shared, line.source) = provenance(&response, arrived, self.handling.memo_ttl);
+            if let Some(served) = served {
+                line.source = served.as_str();
+                line.shared = match response
+                    .headers()
+                    .get(singleflight_tower::DEFAULT_SHARED_HEADER)
+                {
+                    Some(value) if value == "true" => "true",
+                    Some(_) => "false",
+                    None => "-",
+                };
             }
             line
         });
-        Ok(response.map(|inner| Logged { inner, line }))
+        let timer = served.map(|served| Timer {
+            arrived,
+            histogram: self.durations[served as usize].clone(),
+        });
+        Ok(response.map(|inner| Logged { inner, line, timer }))
     }
 }
 
@@ -137,41 +139,6 @@ fn absolute_uri<B>(request: &mut Request<B>, tls: bool) {
     if let Ok(absolute) = http::Uri::from_parts(parts) {
         *request.uri_mut() = absolute;
     }
-}
-
-/// Whether a response from the layer was shared, and where it came from:
-/// `flight` (led or joined), `memo` (kept after its flight), `stale` (kept,
-/// past its TTL, while a refresh runs) or `bypass` (not coalesced).
-fn provenance<B>(
-    response: &Response<B>,
-    arrived: Instant,
-    memo_ttl: Option<Duration>,
-) -> (&'static str, &'static str) {
-    let Some(shared) = response
-        .headers()
-        .get(singleflight_tower::DEFAULT_SHARED_HEADER)
-    else {
-        return ("-", "bypass");
-    };
-    let shared = if shared == HeaderValue::from_static("true") {
-        "true"
-    } else {
-        "false"
-    };
-    // A body that had ended before this request arrived was not joined in
-    // flight: the memo kept it.
-    let ended = response.extensions().get::<BodyEnd>().and_then(BodyEnd::at);
-    let source = match (ended, memo_ttl) {
-        (Some(ended), Some(ttl)) if ended < arrived => {
-            if arrived.duration_since(ended) > ttl {
-                "stale"
-            } else {
-                "memo"
-            }
-        }
-        _ => "flight",
-    };
-    (shared, source)
 }
 
 fn local(response: Response<ProxyBody>) -> Response<Either<CoalescedBody<ProxyBody>, ProxyBody>> {
@@ -209,12 +176,27 @@ impl Drop for AccessLine {
     }
 }
 
+/// Records a request's duration, from its arrival to the end of its
+/// response's body (or its drop), when it is dropped.
+struct Timer {
+    arrived: Instant,
+    histogram: Histogram,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.histogram.record(self.arrived.elapsed());
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A response body that counts its bytes for the access log.
+    /// A response body that counts its bytes for the access log, and times
+    /// the request.
     pub(super) struct Logged<B> {
         #[pin]
         inner: B,
         line: Option<AccessLine>,
+        timer: Option<Timer>,
     }
 }
 

@@ -238,6 +238,11 @@ impl SharedBody {
         fits && !matches!(lock(&self.state).end, Some(End::Failed(_)))
     }
 
+    /// The body's length, when the upstream announced it.
+    pub(crate) fn exact_len(&self) -> Option<u64> {
+        self.exact_len
+    }
+
     /// Whether the upstream body is still arriving.
     pub(crate) fn streaming(&self) -> bool {
         lock(&self.state).end.is_none()

@@ -62,6 +62,10 @@ struct Follow<T> {
     id: u64,
     /// Where our waker is in the flight's waiters, once registered.
     waiter: Option<usize>,
+    /// This caller's wait, following from the flight's span (feature
+    /// `tracing`); it ends when the wait does.
+    #[cfg(feature = "tracing")]
+    _span: tracing::Span,
 }
 
 enum Waited<T> {
@@ -190,12 +194,24 @@ where
                             hash,
                             id,
                             make,
+                            #[cfg(feature = "tracing")]
+                            span,
                         } => {
+                            #[cfg(feature = "tracing")]
+                            let _span = {
+                                let wait = tracing::info_span!("singleflight.wait", flight.id = id);
+                                if let Some(flight) = span {
+                                    wait.follows_from(flight);
+                                }
+                                wait
+                            };
                             let follow = Follow {
                                 flight,
                                 hash,
                                 id,
                                 waiter: None,
+                                #[cfg(feature = "tracing")]
+                                _span,
                             };
                             self.step = Step::Follow(follow, make);
                         }

@@ -416,6 +416,9 @@ pub(crate) enum Joined<T, F> {
         hash: u64,
         id: u64,
         make: Option<F>,
+        /// The flight's span, to follow from (feature `tracing`).
+        #[cfg(feature = "tracing")]
+        span: Option<tracing::Id>,
     },
     /// Past the waiter cap: it runs its own work, alone.
     Own(Work<T>),
@@ -444,6 +447,8 @@ where
         let mut table = self.table.lock(hash);
         if let Some(slot) = table.live_mut(hash, &key) {
             let id = slot.id();
+            #[cfg(feature = "tracing")]
+            let span = slot.span.clone();
             let flight = Arc::clone(
                 slot.flight
                     .get_or_insert_with(|| Arc::new(Flight::joined())),
@@ -455,6 +460,8 @@ where
                 hash,
                 id,
                 make: None,
+                #[cfg(feature = "tracing")]
+                span,
             };
         }
         let id = table.insert(hash, key, &self.hasher);
@@ -476,6 +483,23 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
+        #[cfg(feature = "tracing")]
+        let make = {
+            use tracing::Instrument as _;
+            // The flight's span, recorded in its slot for the waiters to
+            // follow from. A waiter that joins before it is recorded (the
+            // instant between the slot's insertion and this) is not linked.
+            let span = tracing::info_span!("singleflight.flight", flight.id = id);
+            if let Some(span_id) = span.id()
+                && let Some(slot) = self.table.lock(hash).get_mut(hash, id)
+            {
+                slot.span = Some(span_id);
+            }
+            move || {
+                let work = span.in_scope(make);
+                work.instrument(span)
+            }
+        };
         let made =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Box::pin(make()) as Work<T>));
         match made {

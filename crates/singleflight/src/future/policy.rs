@@ -231,6 +231,8 @@ where
             let mut table = self.table.lock(hash);
             if let Some(slot) = table.live_mut(hash, &key) {
                 let id = slot.id();
+                #[cfg(feature = "tracing")]
+                let span = slot.span.clone();
                 let flight = Arc::clone(
                     slot.flight
                         .get_or_insert_with(|| Arc::new(Flight::joined())),
@@ -267,6 +269,8 @@ where
                     hash,
                     id,
                     make: p.retry_once.then_some(make),
+                    #[cfg(feature = "tracing")]
+                    span,
                 };
             }
             if writes.is_some_and(|w| p.memo.as_ref().is_some_and(|memo| memo.writes() != w)) {

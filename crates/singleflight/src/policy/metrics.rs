@@ -1,6 +1,8 @@
 // Counters of a group with metrics turned on: plain atomics for `stats()`,
 // mirrored to the `metrics` facade (feature `metrics`) through handles
-// registered once when the group is built.
+// registered once, when the group first counts something: a group built
+// before the application installs its recorder (a static, a lazy global)
+// still reports to it.
 //
 // Counters only go up; the two gauges go up and down by the same events, so a
 // snapshot may be momentarily off by the calls in progress, never drift.
@@ -78,7 +80,9 @@ pub(crate) struct Metrics {
     counters: [AtomicU64; EVENTS],
     gauges: [AtomicI64; 2],
     #[cfg(feature = "metrics")]
-    handles: Handles,
+    name: String,
+    #[cfg(feature = "metrics")]
+    handles: std::sync::OnceLock<Handles>,
 }
 
 #[cfg(feature = "metrics")]
@@ -94,28 +98,41 @@ impl Metrics {
             counters: Default::default(),
             gauges: Default::default(),
             #[cfg(feature = "metrics")]
-            handles: Handles {
-                counters: NAMES.map(|metric| metrics::counter!(metric, "group" => name.to_owned())),
-                gauges: [
-                    metrics::gauge!("singleflight_flights", "group" => name.to_owned()),
-                    metrics::gauge!("singleflight_waiters", "group" => name.to_owned()),
-                ],
-            },
+            name: name.to_owned(),
+            #[cfg(feature = "metrics")]
+            handles: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The facade's handles, registered with the recorder in force at the
+    /// first use.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(|| {
+            let name = &self.name;
+            Handles {
+                counters: NAMES.map(|metric| metrics::counter!(metric, "group" => name.clone())),
+                gauges: [
+                    metrics::gauge!("singleflight_flights", "group" => name.clone()),
+                    metrics::gauge!("singleflight_waiters", "group" => name.clone()),
+                ],
+            }
+        })
     }
 
     #[inline]
     pub(crate) fn count(&self, event: Event) {
         self.counters[event as usize].fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        self.handles.counters[event as usize].increment(1);
+        self.handles().counters[event as usize].increment(1);
     }
 
     #[inline]
     pub(crate) fn gauge(&self, gauge: Gauge, delta: i64) {
         self.gauges[gauge as usize].fetch_add(delta, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        self.handles.gauges[gauge as usize].increment(delta as f64);
+        self.handles().gauges[gauge as usize].increment(delta as f64);
     }
 
     pub(crate) fn stats(&self) -> Stats {

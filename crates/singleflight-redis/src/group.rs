@@ -622,13 +622,12 @@ where
         }
     };
     if let Err(error) = protocol
-        .publish(&keys, generation, &published, inner.settings.keep)
+        .publish_and_release(&keys, generation, &published, inner.settings.keep, &lease)
         .await
     {
-        tracing::warn!("could not publish the result to Redis ({error}); waiters will take over");
-    }
-    if let Err(error) = protocol.release(&keys, &lease).await {
-        tracing::debug!("could not release the lease ({error}); it expires by itself");
+        tracing::warn!(
+            "could not publish the result to Redis ({error}); waiters take over when the lease expires"
+        );
     }
     Ok((value, Source::Ran))
 }
@@ -671,18 +670,36 @@ async fn wait<T, C>(
     inner: &Inner<T, C>,
     protocol: &Protocol,
     keys: &Keys,
-    mut generation: u64,
+    generation: u64,
     deadline: Instant,
 ) -> Result<Waited<T>, RedisError>
 where
     C: Codec<T>,
 {
     let mut conn = protocol.waiter_connection(inner.settings.timeout).await?;
+    let waited = wait_on(inner, &mut conn, keys, generation, deadline).await;
+    // A connection that failed is not kept; one that answered is.
+    if waited.is_ok() {
+        protocol.return_waiter_connection(conn);
+    }
+    waited
+}
+
+async fn wait_on<T, C>(
+    inner: &Inner<T, C>,
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    mut generation: u64,
+    deadline: Instant,
+) -> Result<Waited<T>, RedisError>
+where
+    C: Codec<T>,
+{
     let mut after = "0".to_owned();
     loop {
-        let Some((held, left)) = Protocol::held(&mut conn, keys).await? else {
+        let Some((held, left)) = Protocol::held(conn, keys).await? else {
             // Published just before the release? Leaders publish first.
-            let entries = Protocol::read(&mut conn, keys, &after, None).await?;
+            let entries = Protocol::read(conn, keys, &after, None).await?;
             return Ok(take(inner, entries, generation, &mut after).unwrap_or(Waited::LeaseGone));
         };
         generation = generation.max(held);
@@ -697,7 +714,7 @@ where
             left.map_or(span, |left| left + Duration::from_millis(5))
                 .min(span),
         );
-        let entries = Protocol::read(&mut conn, keys, &after, Some(block)).await?;
+        let entries = Protocol::read(conn, keys, &after, Some(block)).await?;
         if let Some(found) = take(inner, entries, generation, &mut after) {
             return Ok(found);
         }

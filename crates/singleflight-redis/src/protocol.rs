@@ -69,6 +69,8 @@ pub(crate) enum Published {
 pub(crate) struct Protocol {
     client: Client,
     conn: ConnectionManager,
+    /// Connections for waiters' blocking reads, kept for the next waiter.
+    idle: std::sync::Mutex<Vec<MultiplexedConnection>>,
     acquire: Script,
     renew: Script,
     release: Script,
@@ -80,13 +82,18 @@ impl Protocol {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1);
-        let conn = client.get_connection_manager_with_config(config).await?;
+        let mut conn = client.get_connection_manager_with_config(config).await?;
+        let release = Script::new(RELEASE);
+        // Loaded now, so that a leader's publish and release go in one
+        // pipeline by hash (after a restart of Redis, see the fallback).
+        release.prepare_invoke().load_async(&mut conn).await?;
         Ok(Self {
             client,
             conn,
+            idle: std::sync::Mutex::new(Vec::new()),
             acquire: Script::new(ACQUIRE),
             renew: Script::new(RENEW),
-            release: Script::new(RELEASE),
+            release,
         })
     }
 
@@ -147,14 +154,17 @@ impl Protocol {
     }
 
     /// Appends a result of `generation` to the stream, which expires
-    /// `keep` after the last one.
-    pub(crate) async fn publish(
+    /// `keep` after the last one, then releases `lease_value` if it is
+    /// still the lease: one round trip, in that order (waiters rely on it).
+    /// Returns whether the lease was still ours.
+    pub(crate) async fn publish_and_release(
         &self,
         keys: &Keys,
         generation: u64,
         published: &Published,
         keep: Duration,
-    ) -> RedisResult<()> {
+        lease_value: &str,
+    ) -> RedisResult<bool> {
         let mut xadd = redis::cmd("XADD");
         xadd.arg(&keys.results)
             .arg("MAXLEN")
@@ -167,29 +177,65 @@ impl Protocol {
             Published::Value(bytes) => xadd.arg("v").arg(bytes.as_slice()),
             Published::Oversize => xadd.arg("oversize").arg(1),
         };
-        redis::pipe()
-            .add_command(xadd)
+        let mut release = redis::cmd("EVALSHA");
+        release
+            .arg(self.release.get_hash())
+            .arg(1)
+            .arg(&keys.lease)
+            .arg(lease_value);
+        let mut pipe = redis::pipe();
+        pipe.add_command(xadd)
             .ignore()
             .cmd("PEXPIRE")
             .arg(&keys.results)
             .arg(millis(keep))
             .ignore()
-            .exec_async(&mut self.conn.clone())
-            .await
+            .add_command(release);
+        let mut conn = self.conn.clone();
+        match pipe.query_async::<(i64,)>(&mut conn).await {
+            Ok((released,)) => Ok(released == 1),
+            // The script was not loaded on this server yet (a restart):
+            // the result is in; release by the script itself.
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.release(keys, lease_value).await
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// A connection of its own for a waiter's blocking reads, which would
-    /// hold up every other command on a shared one.
+    /// hold up every other command on a shared one: an idle one, or new.
     pub(crate) async fn waiter_connection(
         &self,
         timeout: Duration,
     ) -> RedisResult<MultiplexedConnection> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        if let Some(conn) = idle {
+            return Ok(conn);
+        }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(None);
         self.client
             .get_multiplexed_async_connection_with_config(&config)
             .await
+    }
+
+    /// Keeps a waiter's connection for the next waiter (a few at most).
+    pub(crate) fn return_waiter_connection(&self, conn: MultiplexedConnection) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < 16 {
+            idle.push(conn);
+        }
     }
 
     /// The lease's generation and the time it has left (`None`: no expiry),

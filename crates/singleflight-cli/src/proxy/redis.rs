@@ -143,10 +143,11 @@ impl Forward {
             false => "",
         };
         let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+        let upstream = self.upstream.uri().to_string();
         format!(
             "{} {}{path}\nhost:{host}\n{headers}",
             parts.method,
-            self.upstream.uri()
+            upstream.trim_end_matches('/')
         )
     }
 }

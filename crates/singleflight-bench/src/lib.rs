@@ -4,7 +4,7 @@
 //!
 //! - `sf-compare` times every contender of a scenario in one run, interleaved
 //!   repetition by repetition, and prints one table per scenario plus the
-//!   issue targets as ratios (`sf-compare --help`);
+//!   targets as ratios (`sf-compare --help`);
 //! - `sf-memory` counts, with a counting global allocator, the bytes the
 //!   groups allocate per flight and per waiting caller.
 //!

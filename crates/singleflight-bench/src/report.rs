@@ -126,10 +126,10 @@ fn fmt_value(v: f64, unit: &str) -> String {
     }
 }
 
-/// One target of an issue, checked against measured medians.
+/// One target, checked against measured medians.
 #[derive(Debug)]
 pub struct Target {
-    /// The target as the issue words it.
+    /// The target as it is worded.
     pub what: String,
     /// Measured ratio.
     pub ratio: f64,

@@ -6,7 +6,7 @@
 //!   `wrap_only`, a layer that does nothing but choose by method and wrap
 //!   the future and the body: the least any such layer costs.
 //! - `one_key_256`: 256 concurrent GETs on one key through the layer
-//!   (`layer_256_gets`) against the baseline, one request to the
+//!   (`layer_256_gets`) against the copying baseline, one request to the
 //!   inner service plus copying its body to 256 receivers
 //!   (`inner_once_and_256_copies`; target: at most 1.5x), and against the
 //!   same 256 GETs answered from memory with no layer and no upstream work
@@ -412,7 +412,7 @@ fn memory() -> impl Service<
     })
 }
 
-/// The baseline: one request to the inner service, its body
+/// The copying baseline: one request to the inner service, its body
 /// gathered, then copied to 256 receivers.
 async fn inner_once_and_256_copies(inner: StreamingUpstream) {
     let response = inner.oneshot(get()).await.expect("infallible");
@@ -528,7 +528,7 @@ fn one_key_256(c: &mut Criterion<ThreadCpu>) {
 
 /// The paths of `one_key_256`, interleaved like `not_coalesced_interleaved`
 /// (rounds of each path in turn, the order rotating); prints each path's
-/// median and the median per-round ratios of the layer to the issue's
+/// median and the median per-round ratios of the layer to the copying
 /// baseline and to the same 256 GETs answered from memory.
 fn one_key_256_interleaved(_: &mut Criterion<ThreadCpu>) {
     if !wanted("one_key_256/interleaved") {

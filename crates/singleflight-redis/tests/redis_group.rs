@@ -353,3 +353,39 @@ fn a_url_that_is_not_redis_is_refused() {
         .expect_err("not a Redis URL");
     assert!(matches!(error, Error::Redis(_)), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_says_so_and_never_takes_it_back() {
+    let server = RedisServer::start();
+    let group: Group<String> = Group::builder(server.url())
+        .prefix(PREFIX)
+        .lease(Duration::from_millis(300))
+        .build()
+        .expect("a group");
+    let (lease, _, _) = RedisServer::keys_of(PREFIX, b"lost");
+    let leading = tokio::spawn({
+        let group = group.clone();
+        async move {
+            group
+                .call("lost", || async {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    "late".to_owned()
+                })
+                .await
+        }
+    });
+    server.wait_for(&["EXISTS", &lease], |n| n == ":1");
+    // Another process took over (as after an expiry): the lease is not ours.
+    server.command(&["SET", &lease, "99:another", "PX", "60000"]);
+    let outcome = bounded(leading).await.expect("no panic").expect("a value");
+    assert_eq!(
+        (outcome.value.as_str(), outcome.source),
+        ("late", Source::Ran)
+    );
+    assert_eq!(group.stats().lost_leases, 1, "the loss is counted");
+    assert_eq!(
+        server.command(&["GET", &lease]).as_deref(),
+        Some("99:another"),
+        "the other's lease is neither renewed away nor released"
+    );
+}

@@ -179,6 +179,7 @@ impl Default for Settings {
 /// ```
 pub struct Builder<T, C = Json> {
     url: String,
+    root_certificate: Option<Vec<u8>>,
     settings: Settings,
     codec: C,
     value: PhantomData<fn() -> T>,
@@ -251,10 +252,18 @@ impl<T, C> Builder<T, C> {
         self
     }
 
+    /// Trusts only this CA certificate (PEM) for a `rediss://` URL, instead
+    /// of the platform's roots.
+    pub fn root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificate = Some(pem.into());
+        self
+    }
+
     /// Encodes values with `codec` instead of JSON.
     pub fn codec<D: Codec<T>>(self, codec: D) -> Builder<T, D> {
         Builder {
             url: self.url,
+            root_certificate: self.root_certificate,
             settings: self.settings,
             codec,
             value: PhantomData,
@@ -272,10 +281,19 @@ where
     ///
     /// # Errors
     ///
-    /// A URL that is not `redis://HOST[:PORT][/DB]` (or another scheme the
-    /// `redis` crate takes).
+    /// A URL that is not `redis://HOST[:PORT][/DB]` or `rediss://…` (TLS,
+    /// checked against the platform's roots or [`Builder::root_certificate`]).
     pub fn build(self) -> Result<Group<T, C>, Error> {
-        let client = redis::Client::open(self.url.as_str())?;
+        let client = match self.root_certificate {
+            Some(pem) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )?,
+            None => redis::Client::open(self.url.as_str())?,
+        };
         Ok(Group {
             inner: Arc::new(Inner {
                 local: singleflight::future::Group::new(),
@@ -376,6 +394,7 @@ impl<T> Group<T, Json> {
     pub fn builder(url: impl Into<String>) -> Builder<T, Json> {
         Builder {
             url: url.into(),
+            root_certificate: None,
             settings: Settings::default(),
             codec: Json,
             value: PhantomData,

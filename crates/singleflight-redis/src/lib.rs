@@ -26,6 +26,8 @@
 //!   takes over. When Redis is unreachable, calls coalesce within their
 //!   process and run the work (or fail, per [`OnRedisError`]), with one log
 //!   line per episode.
+//! - `redis://` and `rediss://` (TLS through rustls, against the
+//!   platform's roots or [`Builder::root_certificate`]).
 //! - Keys are namespaced by a prefix and hex-encoded (any bytes are safe),
 //!   inside a cluster hash tag. Values over `max_value_bytes` are not
 //!   published; the waiters run the work themselves.

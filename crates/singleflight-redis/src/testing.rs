@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
+    /// With TLS: its TLS port, and the server's arguments for it.
+    tls: Option<(u16, Vec<String>)>,
     /// Its loopback port.
     pub port: u16,
     dir: tempfile::TempDir,
@@ -45,11 +47,48 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("a directory");
         let mut server = Self {
             child: None,
+            tls: None,
             port: free_port(),
             dir,
         };
         server.restart();
         server
+    }
+
+    /// Starts one that also takes TLS connections, with `cert` and `key`
+    /// (PEM files) on a port of its own, without client certificates.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let dir = tempfile::tempdir().expect("a directory");
+        let tls_port = free_port();
+        let args = vec![
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            cert.display().to_string(),
+            "--tls-key-file".to_owned(),
+            key.display().to_string(),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let mut server = Self {
+            child: None,
+            tls: Some((tls_port, args)),
+            port: free_port(),
+            dir,
+        };
+        server.restart();
+        server
+    }
+
+    /// `rediss://127.0.0.1:{tls port}`, when it takes TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(port, _)| format!("rediss://127.0.0.1:{port}"))
     }
 
     /// `redis://127.0.0.1:{port}`.
@@ -68,6 +107,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(self.tls.iter().flat_map(|(_, args)| args))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -389,3 +389,52 @@ async fn a_leader_that_loses_its_lease_says_so_and_never_takes_it_back() {
         "the other's lease is neither renewed away nor released"
     );
 }
+
+/// A CA and a certificate it signed for 127.0.0.1, as PEM files in `dir`;
+/// returns the CA's PEM and the certificate's and key's paths.
+fn tls_files(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key")).expect("a CA");
+    let key = KeyPair::generate().expect("a key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("a certificate");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("written");
+    std::fs::write(&key_path, key.serialize_pem()).expect("written");
+    (ca.as_ref().pem(), cert_path, key_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_coordinates_over_tls_and_refuses_a_server_it_does_not_trust() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (ca, cert, key) = tls_files(dir.path());
+    let server = RedisServer::start_tls(&cert, &key);
+    let url = server.tls_url().expect("a TLS port");
+    let trusted: Group<String> = Group::builder(url.clone())
+        .prefix(PREFIX)
+        .root_certificate(ca)
+        .build()
+        .expect("a group");
+    let outcome = bounded(trusted.call("over-tls", || async { "value".to_owned() }))
+        .await
+        .expect("a value");
+    assert_eq!(outcome.source, Source::Ran, "led through Redis, over TLS");
+    let (lease, generation, _) = RedisServer::keys_of(PREFIX, b"over-tls");
+    assert_eq!(server.command(&["GET", &generation]).as_deref(), Some("1"));
+    assert_eq!(server.command(&["EXISTS", &lease]).as_deref(), Some(":0"));
+    // The platform's roots do not know the test's CA: no Redis for this one.
+    let untrusting: Group<String> = Group::builder(url)
+        .prefix(PREFIX)
+        .on_redis_error(OnRedisError::Fail)
+        .build()
+        .expect("a group");
+    let error = bounded(untrusting.call("over-tls", || async { "never".to_owned() }))
+        .await
+        .expect_err("an untrusted certificate");
+    assert!(matches!(error, Error::Redis(_)), "{error}");
+}

@@ -30,7 +30,7 @@ use crate::body::{SharedBody, box_body};
 use crate::error::BoxError;
 use crate::flown::{Failure, Flown, PrivateResponse, SharedHead, SharedResponse};
 use crate::rules;
-use crate::state::{Counters, Shared};
+use crate::state::{Counters, Shared, Waiter};
 
 /// The key of the flight a request leads, in the extensions of the request
 /// the inner service receives for it: a service behind the layer can tell
@@ -86,6 +86,9 @@ pin_project! {
             // The request's path and query, when the memo may keep the
             // response (what purges match).
             target: Option<Box<str>>,
+            // Counts the flight in `Coalesce::in_progress` until its head
+            // arrives (or the flight is dropped).
+            in_progress: Waiter,
         },
         Joining {
             response: Option<Arc<SharedResponse>>,
@@ -125,6 +128,7 @@ where
                 .map_or_else(|| uri.path(), |target| target.as_str())
                 .into()
         });
+        let in_progress = shared.waiting.enter(&key);
         Self::Calling {
             future: service.call(request),
             leader_headers,
@@ -133,6 +137,7 @@ where
             resource,
             key,
             target,
+            in_progress,
         }
     }
 }
@@ -156,6 +161,7 @@ where
                 resource,
                 key,
                 target,
+                in_progress: _,
             } => (future, leader_headers, shared, *id, *resource, key, target),
             WorkProj::Joining { response } => {
                 return Poll::Ready(match response.take() {

@@ -23,7 +23,7 @@ use crate::flown::{Failure, Flown, mark};
 use crate::memo::{Kept, set_age};
 use crate::rules;
 use crate::served::Served;
-use crate::state::{Counters, Shared, Waiter};
+use crate::state::{Counters, Shared};
 
 type Call<S, ReqBody> = TryCall<'static, Arc<str>, Flown, RandomState, Make<S, ReqBody>>;
 
@@ -142,10 +142,8 @@ where
         slot: Arc<Slot<S, ReqBody>>,
         id: u64,
         shared: Arc<Shared>,
-        key: &Arc<str>,
         memo_key: Option<Arc<str>>,
     ) -> Self {
-        let waiter = shared.waiting.enter(key);
         let deadline = shared
             .config
             .max_wait
@@ -160,7 +158,6 @@ where
                         shared,
                         released: false,
                         memo_key,
-                        _waiter: waiter,
                         deadline,
                     },
                 }),
@@ -210,9 +207,6 @@ where
     /// The key, kept only when the memo is on: to answer with a kept
     /// response when the upstream fails (stale-if-error).
     memo_key: Option<Arc<str>>,
-    /// Counts this request in [`Coalesce::in_progress`](crate::Coalesce::in_progress)
-    /// while it waits.
-    _waiter: Waiter,
     /// When this request stops waiting ([`CoalesceLayer::max_wait`](crate::CoalesceLayer::max_wait)).
     deadline: Option<Pin<Box<Sleep>>>,
 }

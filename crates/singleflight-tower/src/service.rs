@@ -212,7 +212,8 @@ impl<S> Coalesce<S> {
     /// assert!(service.in_progress().is_empty());
     /// ```
     pub fn in_progress(&self) -> Vec<InProgress> {
-        self.shared.waiting.list()
+        let group = &self.shared.group;
+        self.shared.waiting.list(|key| group.waiters(key))
     }
 
     /// The number of flights in progress: waiting for their response head,
@@ -378,6 +379,6 @@ impl<S> Coalesce<S> {
         Counters::add(&self.shared.counters.coalesced);
         let memo_key = self.shared.memo.is_some().then(|| Arc::clone(&key));
         let call = self.shared.group.try_call_owned(Arc::clone(&key), make);
-        ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), &key, memo_key)
+        ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), memo_key)
     }
 }

@@ -227,15 +227,17 @@ impl Streaming {
 pub struct InProgress {
     /// The flight's key (method, URL and key headers).
     pub key: String,
-    /// How long requests have been waiting on it: since the first of those
-    /// still waiting arrived.
+    /// How long its flight has been waiting for the response head: since
+    /// its leader's request went upstream.
     pub age: std::time::Duration,
     /// Requests waiting on it now, its leader included.
     pub waiters: usize,
 }
 
-/// The keys with requests waiting for their flight, and how many: what
-/// [`InProgress`] reports. Every waiting request holds a [`Waiter`].
+/// The flights waiting for their response head, by key, and since when:
+/// what [`InProgress`] reports, with the waiters the group counts. Every
+/// flight's work holds a [`Waiter`] while it runs: one entry per flight,
+/// not per request, so a request that joins a flight touches nothing here.
 #[derive(Default)]
 pub(crate) struct Waiting {
     keys: Mutex<HashMap<Arc<str>, (Instant, usize)>>,
@@ -246,7 +248,7 @@ impl Waiting {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts a request waiting on `key` until the guard is dropped.
+    /// Counts a flight for `key` until the guard is dropped.
     pub(crate) fn enter(self: &Arc<Self>, key: &Arc<str>) -> Waiter {
         self.keys()
             .entry(Arc::clone(key))
@@ -258,16 +260,22 @@ impl Waiting {
         }
     }
 
-    /// The keys with waiters, most waiters first.
-    pub(crate) fn list(&self) -> Vec<InProgress> {
+    /// The keys with a flight, most waiters first; `waiters` counts the
+    /// requests waiting on a key's flight besides its leader.
+    pub(crate) fn list(&self, waiters: impl Fn(&str) -> usize) -> Vec<InProgress> {
         let now = Instant::now();
-        let mut list: Vec<InProgress> = self
+        let keys: Vec<(Arc<str>, Instant)> = self
             .keys()
             .iter()
-            .map(|(key, (since, waiters))| InProgress {
+            .map(|(key, (since, _))| (Arc::clone(key), *since))
+            .collect();
+        // Counted outside this lock: the group takes its own.
+        let mut list: Vec<InProgress> = keys
+            .into_iter()
+            .map(|(key, since)| InProgress {
+                waiters: waiters(&key) + 1,
                 key: key.to_string(),
-                age: now.saturating_duration_since(*since),
-                waiters: *waiters,
+                age: now.saturating_duration_since(since),
             })
             .collect();
         list.sort_by(|a, b| b.waiters.cmp(&a.waiters).then_with(|| b.age.cmp(&a.age)));
@@ -275,7 +283,7 @@ impl Waiting {
     }
 }
 
-/// A request waiting on its key's flight, counted in [`Waiting`].
+/// A flight waiting for its response head, counted in [`Waiting`].
 pub(crate) struct Waiter {
     waiting: Arc<Waiting>,
     key: Arc<str>,
@@ -284,10 +292,10 @@ pub(crate) struct Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         let mut keys = self.waiting.keys();
-        if let Some((_, waiters)) = keys.get_mut(&self.key) {
-            debug_assert!(*waiters > 0, "a waiter was counted");
-            *waiters -= 1;
-            if *waiters == 0 {
+        if let Some((_, flights)) = keys.get_mut(&self.key) {
+            debug_assert!(*flights > 0, "a flight was counted");
+            *flights -= 1;
+            if *flights == 0 {
                 keys.remove(&self.key);
             }
         }

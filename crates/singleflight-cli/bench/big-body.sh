@@ -20,19 +20,9 @@ ROUNDS=${1:-5}
 CLIENTS=${CLIENTS:-50}
 BODY_BYTES=${BODY_BYTES:-52428800}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-if [ -z "${BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
-fi
-need=()
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v nginx >/dev/null 2>&1 || need+=(nginx)
-command -v varnishd >/dev/null 2>&1 || need+=(varnish)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" </dev/null
-fi
+. "$(dirname "$0")/common.sh"
+build_bin
+install_missing curl:curl nginx:nginx varnishd:varnish
 VARNISHD=$(command -v varnishd || echo /usr/sbin/varnishd)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 

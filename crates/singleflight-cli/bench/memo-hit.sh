@@ -18,19 +18,9 @@ ROUNDS=${1:-5}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-256}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-if [ -z "${BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
-fi
-need=()
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" </dev/null
-fi
+. "$(dirname "$0")/common.sh"
+build_bin
+install_missing curl:curl nginx:nginx wrk:wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 TMP=$(mktemp -d)

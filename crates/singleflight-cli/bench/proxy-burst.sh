@@ -9,21 +9,9 @@ set -euo pipefail
 ROUNDS=${1:-5}
 CLIENTS=${CLIENTS:-500}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-if [ -z "${BIN:-}" ]; then
-  # Build (a no-op when up to date) unless a binary is given.
-  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
-fi
-# What a fresh machine lacks: wrk and curl.
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" </dev/null
-fi
+. "$(dirname "$0")/common.sh"
+build_bin
+install_missing wrk:wrk curl:curl
 
 UP=127.0.0.1:18281 PX=127.0.0.1:18282
 pids=()

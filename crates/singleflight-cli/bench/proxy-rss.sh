@@ -6,22 +6,14 @@
 # Usage: crates/singleflight-cli/bench/proxy-rss.sh [SECONDS]   (from the repo root)
 set -euo pipefail
 SECONDS_TOTAL=${1:-60}
+[ "$SECONDS_TOTAL" -ge 5 ] 2>/dev/null || {
+  echo "proxy-rss.sh: the run is read every 5 s; give at least 5 seconds (got '$SECONDS_TOTAL')" >&2
+  exit 2
+}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-if [ -z "${BIN:-}" ]; then
-  # Build (a no-op when up to date) unless a binary is given.
-  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
-fi
-# What a fresh machine lacks: wrk and curl.
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" </dev/null
-fi
+. "$(dirname "$0")/common.sh"
+build_bin
+install_missing wrk:wrk curl:curl
 
 UP=127.0.0.1:18481 PX=127.0.0.1:18482
 pids=()

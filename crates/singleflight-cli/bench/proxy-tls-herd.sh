@@ -15,16 +15,9 @@ ROUNDS=${1:-5}
 CLIENTS=${CLIENTS:-500}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-if [ -z "${BIN:-}" ]; then
-  # Build (a no-op when up to date) unless a binary is given.
-  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
-  BIN=$TARGET/release/singleflight
-fi
-command -v curl >/dev/null 2>&1 || {
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq curl </dev/null
-}
+. "$(dirname "$0")/common.sh"
+build_bin
+install_missing curl:curl
 CERTS=$TARGET/bench/tls-herd
 (cd "$ROOT" && cargo run -q -p oneflight-cli --example test-cert -- "$CERTS" >/dev/null)
 

@@ -16,18 +16,9 @@ set -euo pipefail
 ROUNDS=${1:-5}
 CLIENTS=${CLIENTS:-300}
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
-if [ -z "${BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release -q -p oneflight-cli)
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/singleflight
-fi
-need=()
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" </dev/null
-fi
+. "$(dirname "$0")/common.sh"
+build_bin
+install_missing curl:curl redis-server:redis-server redis-cli:redis-tools
 
 TMP=$(mktemp -d)
 pids=()

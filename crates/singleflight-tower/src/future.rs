@@ -270,24 +270,36 @@ fn deliver<S, ReqBody, B: Body>(
             }
         }
         Flown::Shared(response) | Flown::Joined(response) => {
-            let own = slot.lock().unwrap_or_else(PoisonError::into_inner);
             // A waiter still holding its request did not send it: it checks
             // the response's `Vary` against it, and may send it after all.
-            let waiting = own.as_ref().map(|(_, request)| request.headers());
-            if let Some(headers) = waiting
-                && !rules::same_values(headers, &response.head.vary, &response.head.leader_values)
-            {
-                return Delivery::Refetch;
+            // (Only this waiter's future touches its slot, so looking once
+            // here and once below sees the same thing.)
+            if !response.head.vary.is_empty() {
+                let own = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((_, request)) = own.as_ref()
+                    && !rules::same_values(
+                        request.headers(),
+                        &response.head.vary,
+                        &response.head.leader_values,
+                    )
+                {
+                    return Delivery::Refetch;
+                }
             }
             // Every byte from the first is needed. A waiter that came too
             // late for it sends its own request; the one that fetched the
             // body has no other, and its reader fails on the first frame.
             let reader = match response.body.join() {
                 Some(reader) => reader,
-                None if waiting.is_some() => return Delivery::Refetch,
+                None if slot
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some() =>
+                {
+                    return Delivery::Refetch;
+                }
                 None => response.body.reader(),
             };
-            drop(own);
             let was_shared = was_shared || joined;
             if was_shared {
                 Counters::add(&shared.counters.shared);

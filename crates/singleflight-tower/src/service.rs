@@ -378,7 +378,7 @@ impl<S> Coalesce<S> {
         }
         Counters::add(&self.shared.counters.coalesced);
         let memo_key = self.shared.memo.is_some().then(|| Arc::clone(&key));
-        let call = self.shared.group.try_call_owned(Arc::clone(&key), make);
+        let call = self.shared.group.try_call_owned(key, make);
         ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), memo_key)
     }
 }

@@ -261,12 +261,7 @@ impl tower::Service<Request<Limited<Incoming>>> for ArcForward {
             .cloned();
         match key {
             // A flight's request, with instances to share it with.
-            Some(key) if forward.redis.is_some() => Box::pin(async move {
-                match &forward.redis {
-                    Some(share) => Arc::clone(&forward).send_across(share, key, request).await,
-                    None => forward.send(request).await,
-                }
-            }),
+            Some(key) if forward.redis.is_some() => Box::pin(forward.send_across(key, request)),
             _ => Box::pin(forward.send(request)),
         }
     }

@@ -62,10 +62,12 @@ impl Forward {
     /// was not for sharing.
     pub(super) async fn send_across(
         self: std::sync::Arc<Self>,
-        share: &RedisShare,
         key: FlightKey,
         request: Request<Limited<Incoming>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let Some(share) = &self.redis else {
+            return self.send(request).await;
+        };
         let (parts, body) = request.into_parts();
         let key = self.shared_key(&key, &parts);
         // A flight's request is a GET or HEAD without a body: its head is

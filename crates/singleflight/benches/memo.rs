@@ -32,13 +32,13 @@ fn memo_hit(c: &mut Criterion) {
         .memo_all(Duration::from_secs(3600))
         .build();
     for k in 0..KEYS {
-        group.call(k, || k);
+        group.call(&k, || k);
     }
     let mut k = 0;
     bench.bench_function("sync_group_memo_hit", |b| {
         b.iter(|| {
             k = (k + 1) % KEYS;
-            black_box(group.call(black_box(k), || unreachable!("memo hit")).value)
+            black_box(group.call(&black_box(k), || unreachable!("memo hit")).value)
         })
     });
 
@@ -53,13 +53,17 @@ fn memo_hit(c: &mut Criterion) {
         .clock(Frozen(std::time::Instant::now()))
         .build();
     for k in 0..KEYS {
-        frozen.call(k, || k);
+        frozen.call(&k, || k);
     }
     let mut k = 0;
     bench.bench_function("sync_group_memo_hit_frozen_clock", |b| {
         b.iter(|| {
             k = (k + 1) % KEYS;
-            black_box(frozen.call(black_box(k), || unreachable!("memo hit")).value)
+            black_box(
+                frozen
+                    .call(&black_box(k), || unreachable!("memo hit"))
+                    .value,
+            )
         })
     });
 
@@ -67,13 +71,13 @@ fn memo_hit(c: &mut Criterion) {
         .memo_all(Duration::from_secs(3600))
         .build();
     for k in 0..KEYS {
-        group.call(k, move || async move { k }).now_or_never();
+        group.call(&k, move || async move { k }).now_or_never();
     }
     let mut k = 0;
     bench.bench_function("future_group_memo_hit", |b| {
         b.iter(|| {
             k = (k + 1) % KEYS;
-            let call = group.call(black_box(k), || async { unreachable!("memo hit") });
+            let call = group.call(&black_box(k), || async { unreachable!("memo hit") });
             black_box(call.now_or_never().map(|out| out.value))
         })
     });
@@ -90,7 +94,7 @@ fn memo_hit(c: &mut Criterion) {
     bench.bench_function("sync_group_plain_call", |b| {
         b.iter(|| {
             k = (k + 1) % KEYS;
-            black_box(plain.call(black_box(k), || k).value)
+            black_box(plain.call(&black_box(k), || k).value)
         })
     });
     bench.finish();
@@ -117,10 +121,10 @@ fn interleaved_ratio(_: &mut Criterion) {
         .build();
     for k in 0..KEYS {
         bare.insert(k, k);
-        group.call(k, || k);
+        group.call(&k, || k);
         moka.insert(k, k);
         future_group
-            .call(k, move || async move { k })
+            .call(&k, move || async move { k })
             .now_or_never();
     }
     let time = |f: &mut dyn FnMut(u64)| {
@@ -134,13 +138,13 @@ fn interleaved_ratio(_: &mut Criterion) {
         black_box(bare.get(black_box(&k)));
     };
     let mut memo_hit = |k: u64| {
-        black_box(group.call(black_box(k), || unreachable!("memo hit")).value);
+        black_box(group.call(&black_box(k), || unreachable!("memo hit")).value);
     };
     let mut moka_get = |k: u64| {
         black_box(moka.get(black_box(&k)));
     };
     let mut async_hit = |k: u64| {
-        let call = future_group.call(black_box(k), || async { unreachable!("memo hit") });
+        let call = future_group.call(&black_box(k), || async { unreachable!("memo hit") });
         black_box(call.now_or_never().map(|out| out.value));
     };
     let mut mokas = Vec::with_capacity(PAIRS);

@@ -13,7 +13,7 @@ use singleflight::sync::Group;
 
 fn main() {
     let clock = ManualClock::new();
-    let group = Group::<&str, Result<u32, String>>::builder()
+    let group = Group::<String, Result<u32, String>>::builder()
         .memo(Duration::from_secs(30)) // `Err` is a failure: it is not kept
         .clock(clock.clone())
         .build();

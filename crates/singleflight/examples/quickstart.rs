@@ -4,7 +4,7 @@ use singleflight::sync::Group;
 use std::{thread, time::Duration};
 
 fn main() {
-    let group = Group::<&str, String>::new();
+    let group = Group::<String, String>::new();
     thread::scope(|s| {
         for _ in 0..10 {
             s.spawn(|| {

@@ -19,7 +19,7 @@ fn main() {
         let callers: Vec<_> = (0..CALLERS)
             .map(|_| {
                 s.spawn(|| {
-                    group.call("user:42".to_string(), || {
+                    group.call("user:42", || {
                         // The work holds its flight open until every other
                         // caller waits on it, so the run is the same every
                         // time; real work is simply slow.
@@ -51,7 +51,7 @@ fn main() {
     );
 
     // The flight has ended and its key is free: the next call runs the work.
-    let later = group.call("user:42".to_string(), || {
+    let later = group.call("user:42", || {
         executions.fetch_add(1, Ordering::SeqCst);
         "Ada Lovelace".to_string()
     });

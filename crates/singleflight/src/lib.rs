@@ -57,12 +57,11 @@
 // docs.rs builds with `--cfg docsrs`: badges name the feature an item needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod engine;
 mod error;
 mod loom;
 mod outcome;
 mod panic;
-mod settle;
-mod table;
 
 pub mod future;
 pub mod policy;

@@ -20,7 +20,7 @@ async fn an_abandoned_flight_finishes_on_the_runtime_and_newcomers_join_it() {
         let group = group.clone();
         tokio::spawn(async move {
             group
-                .call("key".into(), move || async move {
+                .call("key", move || async move {
                     started_tx.send(()).unwrap();
                     let value = gate.await.unwrap();
                     finished_tx.send(value).unwrap();
@@ -40,7 +40,7 @@ async fn an_abandoned_flight_finishes_on_the_runtime_and_newcomers_join_it() {
     let newcomer = {
         let group = group.clone();
         tokio::spawn(async move {
-            let mut call = Box::pin(group.call("key".into(), || async { 0 }));
+            let mut call = Box::pin(group.call("key", || async { 0 }));
             assert!(futures::FutureExt::now_or_never(call.as_mut()).is_none());
             joined_tx.send(()).unwrap();
             call.await
@@ -59,7 +59,7 @@ fn any_executor_can_run_detached_flights_through_a_closure() {
     let spawned = Arc::new(AtomicUsize::new(0));
     let group = {
         let spawned = spawned.clone();
-        Group::<&'static str, u32>::builder()
+        Group::<String, u32>::builder()
             .detach(move |flight: Detached| {
                 spawned.fetch_add(1, Ordering::SeqCst);
                 smol::spawn(flight).detach();

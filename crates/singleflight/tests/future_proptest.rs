@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use proptest::prelude::*;
-use singleflight::future::{Group, TryCall};
-use singleflight::{Outcome, Panicked};
+use singleflight::future::{Checked, Group};
+use singleflight::{Error, Outcome};
 
 const KEYS: u8 = 2;
 
@@ -78,7 +78,7 @@ impl Wake for Flag {
     }
 }
 
-type Call = TryCall<'static, u8, u64, std::collections::hash_map::RandomState, Make>;
+type Call = Checked<'static, u8, u8, u64, std::collections::hash_map::RandomState, Make>;
 
 struct Caller {
     key: u8,
@@ -154,7 +154,7 @@ impl Harness {
                 _dropped: DropCount(drops),
             }
         });
-        let call = Box::pin(self.group.try_call_owned(key, make));
+        let call = Box::pin(self.group.call_checked_owned(key, make));
         let index = self.callers.len();
         self.callers.push(Some(Caller {
             key,
@@ -179,7 +179,7 @@ impl Harness {
         }));
         let polled = match polled {
             Ok(polled) => polled,
-            Err(_) => return Err(TestCaseError::fail("try_call must not panic")),
+            Err(_) => return Err(TestCaseError::fail("call_checked must not panic")),
         };
         let new: Vec<_> = self.started.lock().unwrap().drain(..).collect();
         if first {
@@ -216,7 +216,7 @@ impl Harness {
     fn check(
         &mut self,
         caller: Caller,
-        result: Result<Outcome<u64>, Panicked>,
+        result: Result<Outcome<u64>, Error>,
     ) -> Result<(), TestCaseError> {
         let expected = caller.expected.unwrap();
         // The flight has ended: nobody joins it any more.
@@ -226,13 +226,13 @@ impl Harness {
         *self.callers_of.get_mut(&expected).unwrap() -= 1;
         match (self.endings.get(&expected), result) {
             (Some(Ending::Value), Ok(out)) => prop_assert_eq!(out.value, expected),
-            (Some(Ending::Panic), Err(err)) => {
+            (Some(Ending::Panic), Err(Error::Panicked(err))) => {
                 prop_assert_eq!(err.message(), format!("exec {expected}"))
             }
             (ending, result) => {
                 return Err(TestCaseError::fail(format!(
                     "execution {expected} ended {ending:?} but its caller got {:?}",
-                    result.map(|o| o.value).map_err(|e| e.message().to_string())
+                    result.map(|o| o.value).map_err(|e| e.to_string())
                 )));
             }
         }

@@ -52,7 +52,7 @@ fn every_waiter_follows_from_its_flights_span() {
     let recorder = Arc::new(Recorder::default());
     let subscriber = Shared(Arc::clone(&recorder));
     tracing::subscriber::with_default(subscriber, || {
-        let group = Group::<&str, u32>::new();
+        let group = Group::<String, u32>::new();
         let (release, gate) = futures::channel::oneshot::channel::<()>();
         let mut gate = Some(gate);
         let calls: Vec<_> = (0..4)

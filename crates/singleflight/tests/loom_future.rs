@@ -84,13 +84,13 @@ fn join_races_finish() {
         let other = {
             let (group, counts) = (group.clone(), counts.clone());
             thread::spawn(move || {
-                loom::future::block_on(group.call(1, move || {
+                loom::future::block_on(group.call(&1, move || {
                     counts.runs.fetch_add(1, Ordering::SeqCst);
                     async { 3 }
                 }))
             })
         };
-        let mine = loom::future::block_on(group.call(1, {
+        let mine = loom::future::block_on(group.call(&1, {
             let counts = counts.clone();
             move || {
                 counts.runs.fetch_add(1, Ordering::SeqCst);
@@ -118,7 +118,7 @@ fn driver_leaves_while_a_follower_waits() {
         let leaver = {
             let (group, gate, counts) = (group.clone(), gate.clone(), counts.clone());
             thread::spawn(move || {
-                let mut call = Box::pin(group.call(1, gated_work(gate, counts, 9)));
+                let mut call = Box::pin(group.call(&1, gated_work(gate, counts, 9)));
                 let mut cx = Context::from_waker(Waker::noop());
                 let polled = call.as_mut().poll(&mut cx);
                 drop(call);
@@ -128,7 +128,7 @@ fn driver_leaves_while_a_follower_waits() {
         let stayer = {
             let (group, gate, counts) = (group.clone(), gate.clone(), counts.clone());
             thread::spawn(move || {
-                loom::future::block_on(group.call(1, gated_work(gate, counts, 9)))
+                loom::future::block_on(group.call(&1, gated_work(gate, counts, 9)))
             })
         };
         gate.open();
@@ -163,7 +163,7 @@ fn last_caller_leaves_while_a_new_caller_joins() {
             let gate = gate.clone();
             thread::spawn(move || gate.open())
         };
-        let second = loom::future::block_on(group.call(1, gated_work(gate, counts.clone(), 4)));
+        let second = loom::future::block_on(group.call(&1, gated_work(gate, counts.clone(), 4)));
         dropper.join().unwrap();
         opener.join().unwrap();
         let runs = counts.runs.load(Ordering::SeqCst);

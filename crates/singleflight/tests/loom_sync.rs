@@ -19,7 +19,7 @@ fn join_races_finish() {
             let (group, executions) = (group.clone(), executions.clone());
             thread::spawn(move || {
                 group
-                    .try_call(1, || {
+                    .call_checked(&1, || {
                         executions.fetch_add(1, Ordering::SeqCst);
                         7
                     })
@@ -27,7 +27,7 @@ fn join_races_finish() {
             })
         };
         let mine = group
-            .try_call(1, || {
+            .call_checked(&1, || {
                 executions.fetch_add(1, Ordering::SeqCst);
                 7
             })
@@ -51,9 +51,9 @@ fn panic_races_a_joining_caller() {
         let group = Arc::new(Group::<u8, u8>::new());
         let panicker = {
             let group = group.clone();
-            thread::spawn(move || group.try_call(1, || panic!("boom")).map(|o| o.value))
+            thread::spawn(move || group.call_checked(&1, || panic!("boom")).map(|o| o.value))
         };
-        let mine = group.try_call(1, || 5).map(|o| o.value);
+        let mine = group.call_checked(&1, || 5).map(|o| o.value);
         let theirs = panicker.join().unwrap();
         match (&mine, &theirs) {
             // Separate flights, or the panicker joined ours.
@@ -73,10 +73,10 @@ fn forget_races_a_finishing_flight() {
         let group = Arc::new(Group::<u8, u8>::new());
         let first = {
             let group = group.clone();
-            thread::spawn(move || group.call(1, || 1).value)
+            thread::spawn(move || group.call(&1, || 1).value)
         };
         group.forget(&1);
-        let second = group.call(1, || 2).value;
+        let second = group.call(&1, || 2).value;
         let first = first.join().unwrap();
         // Whatever the order, each caller got a value of a flight it could
         // have joined, and no slot is left behind.
@@ -101,7 +101,7 @@ fn a_failed_flight_races_a_follower_under_retry_once() {
             let (group, executions) = (group.clone(), executions.clone());
             thread::spawn(move || {
                 group
-                    .call(1, || {
+                    .call(&1, || {
                         executions.fetch_add(1, Ordering::SeqCst);
                         Ok(2)
                     })
@@ -109,7 +109,7 @@ fn a_failed_flight_races_a_follower_under_retry_once() {
             })
         };
         let mine = group
-            .call(1, || {
+            .call(&1, || {
                 executions.fetch_add(1, Ordering::SeqCst);
                 Err(9)
             })

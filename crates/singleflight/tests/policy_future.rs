@@ -51,7 +51,7 @@ fn stats<K, T, S>(group: &Group<K, T, S>) -> Stats {
 
 #[tokio::test(start_paused = true)]
 async fn memo_hit_before_the_ttl_and_miss_after() {
-    let group = Group::<&str, u32>::builder()
+    let group = Group::<String, u32>::builder()
         .memo_all(TTL)
         .clock(TokioClock)
         .build();
@@ -70,7 +70,7 @@ async fn memo_hit_before_the_ttl_and_miss_after() {
 #[tokio::test(start_paused = true)]
 async fn failures_are_kept_for_the_negative_ttl_only() {
     let negative = Duration::from_secs(1);
-    let group = Group::<&str, Result<u32, String>>::builder()
+    let group = Group::<String, Result<u32, String>>::builder()
         .memo(TTL)
         .clock(TokioClock)
         .negative_ttl(negative)
@@ -93,7 +93,7 @@ async fn failures_are_kept_for_the_negative_ttl_only() {
     assert_eq!((fresh.value, fresh.source), (Ok(2), Source::Flight));
 }
 
-fn swr_group() -> Group<&'static str, Result<u32, String>> {
+fn swr_group() -> Group<String, Result<u32, String>> {
     Group::builder()
         .memo(TTL)
         .clock(TokioClock)
@@ -165,7 +165,7 @@ async fn a_failed_refresh_keeps_the_stale_value_until_grace_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn a_flight_started_before_invalidate_does_not_write_the_memo() {
-    let group = Group::<&str, u32>::builder()
+    let group = Group::<String, u32>::builder()
         .memo_all(TTL)
         .clock(TokioClock)
         .build();
@@ -199,7 +199,7 @@ async fn a_flight_started_before_invalidate_does_not_write_the_memo() {
 #[tokio::test(start_paused = true)]
 async fn retry_once_runs_exactly_two_executions_none_serialised() {
     const N: u64 = 8;
-    let group = Group::<&str, Result<u32, String>>::builder()
+    let group = Group::<String, Result<u32, String>>::builder()
         .failure_if(Result::is_err)
         .error_policy(ErrorPolicy::RetryOnce)
         .metrics("retry")
@@ -262,7 +262,7 @@ async fn retry_once_runs_exactly_two_executions_none_serialised() {
 
 #[tokio::test(start_paused = true)]
 async fn a_caller_past_its_deadline_leaves_and_the_flight_goes_on() {
-    let group = Group::<&str, u32>::builder().metrics("deadline").build();
+    let group = Group::<String, u32>::builder().metrics("deadline").build();
     let gate = Gate::new();
     let executions = Arc::new(AtomicUsize::new(0));
     let leader = tokio::spawn({
@@ -301,7 +301,7 @@ async fn a_caller_past_its_deadline_leaves_and_the_flight_goes_on() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lone_caller_past_its_deadline_cancels_the_flight() {
-    let group = Group::<&str, u32>::builder().metrics("alone").build();
+    let group = Group::<String, u32>::builder().metrics("alone").build();
     let out = group
         .call_with_timeout("k", Duration::from_secs(1), std::future::pending)
         .await;
@@ -314,12 +314,12 @@ async fn a_lone_caller_past_its_deadline_cancels_the_flight() {
 async fn capped(
     overflow: Overflow,
 ) -> (
-    Group<&'static str, u32>,
+    Group<String, u32>,
     Gate,
     tokio::task::JoinHandle<u32>,
     tokio::task::JoinHandle<u32>,
 ) {
-    let group = Group::<&str, u32>::builder()
+    let group = Group::<String, u32>::builder()
         .max_waiters(1, overflow)
         .metrics("cap")
         .build();
@@ -377,7 +377,7 @@ async fn every_counter_after_a_scripted_scenario() {
     // Detached flights run as tasks the test can abort (a runtime shutting
     // down does the same to them).
     let detached = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let group = Group::<&str, u32>::builder()
+    let group = Group::<String, u32>::builder()
         .memo_all(TTL)
         .clock(TokioClock)
         .stale_while_revalidate(GRACE)
@@ -427,7 +427,7 @@ async fn every_counter_after_a_scripted_scenario() {
     // spawner, where it is cancelled.
     assert!(
         group
-            .try_call("c", || async { panic!("boom") })
+            .call_checked("c", || async { panic!("boom") })
             .await
             .is_err()
     );

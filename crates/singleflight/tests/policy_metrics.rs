@@ -12,13 +12,13 @@ fn a_group_built_before_the_recorder_reports_to_it_with_the_group_label() {
     let snapshotter = recorder.snapshotter();
     // Built before the recorder: handles are registered at the first call,
     // with the recorder in force then, and used from then on.
-    let group = Group::<&str, u32>::builder()
+    let group = Group::<String, u32>::builder()
         .memo_all(std::time::Duration::from_secs(60))
         .metrics("profiles")
         .build();
     metrics::with_local_recorder(&recorder, || group.call("a", || 1));
     group.call("a", || 2);
-    assert!(group.try_call("b", || panic!("boom")).is_err());
+    assert!(group.call_checked("b", || panic!("boom")).is_err());
 
     let stats = group.stats().expect("metrics on");
     let mut seen = 0;

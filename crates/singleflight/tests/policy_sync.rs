@@ -46,7 +46,7 @@ fn until_waiters<K, T, S>(group: &Group<K, T, S>, n: u64) {
 }
 
 /// Waits until a flight for `key` is in progress.
-fn until_flight<T: Clone, S: std::hash::BuildHasher>(group: &Group<&'static str, T, S>, key: &str) {
+fn until_flight<T: Clone, S: std::hash::BuildHasher>(group: &Group<String, T, S>, key: &str) {
     let start = Instant::now();
     while !group.contains(key) {
         assert!(start.elapsed() < HANG, "the flight never started");
@@ -71,23 +71,23 @@ fn memo_hit_before_the_ttl_and_miss_after() {
         v
     };
 
-    let first = group.call("k".to_string(), || work(1));
+    let first = group.call("k", || work(1));
     assert_eq!(
         (first.value, first.source, first.shared),
         (1, Source::Flight, false)
     );
 
     clock.advance(TTL - Duration::from_nanos(1));
-    let hit = group.call("k".to_string(), || work(2));
+    let hit = group.call("k", || work(2));
     assert_eq!((hit.value, hit.source, hit.shared), (1, Source::Memo, true));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 
     clock.advance(Duration::from_nanos(1));
-    let miss = group.call("k".to_string(), || work(3));
+    let miss = group.call("k", || work(3));
     assert_eq!((miss.value, miss.source), (3, Source::Flight));
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     // Other keys never see it.
-    assert_eq!(group.call("other".to_string(), || work(4)).value, 4);
+    assert_eq!(group.call("other", || work(4)).value, 4);
 }
 
 #[test]
@@ -95,7 +95,7 @@ fn failures_are_kept_for_the_negative_ttl_only() {
     let clock = ManualClock::new();
     let negative = Duration::from_secs(1);
     // `Err` is a failure without a classifier: `Result` is `Fallible`.
-    let group = Group::<&str, Result<u32, String>>::builder()
+    let group = Group::<String, Result<u32, String>>::builder()
         .memo(TTL)
         .negative_ttl(negative)
         .clock(clock.clone())
@@ -118,7 +118,7 @@ fn failures_are_kept_for_the_negative_ttl_only() {
 
 #[test]
 fn without_a_negative_ttl_failures_are_not_memoised() {
-    let group = Group::<&str, Result<u32, String>>::builder()
+    let group = Group::<String, Result<u32, String>>::builder()
         .memo(TTL)
         .clock(ManualClock::new())
         .build();
@@ -131,7 +131,7 @@ fn without_a_negative_ttl_failures_are_not_memoised() {
 fn the_default_clock_expires_values() {
     // The ticking clock, on real time: this waits for the expiry it checks,
     // bounded by HANG, and times nothing.
-    let group = Group::<&str, u32>::builder()
+    let group = Group::<String, u32>::builder()
         .memo_all(Duration::from_millis(5))
         .build();
     assert_eq!(group.call("k", || 1).source, Source::Flight);
@@ -152,7 +152,7 @@ fn the_default_clock_expires_values() {
 
 #[test]
 fn memo_all_keeps_every_value_and_failure_if_overrides_fallible() {
-    let all = Group::<&str, Result<u32, String>>::builder()
+    let all = Group::<String, Result<u32, String>>::builder()
         .memo_all(TTL)
         .clock(ManualClock::new())
         .build();
@@ -164,7 +164,7 @@ fn memo_all_keeps_every_value_and_failure_if_overrides_fallible() {
     );
 
     // Here a zero is the failure and an `Err` a value like any other.
-    let custom = Group::<&str, Result<u32, String>>::builder()
+    let custom = Group::<String, Result<u32, String>>::builder()
         .failure_if(|r| matches!(r, Ok(0)))
         .memo(TTL)
         .clock(ManualClock::new())
@@ -178,7 +178,7 @@ fn memo_all_keeps_every_value_and_failure_if_overrides_fallible() {
 #[test]
 fn a_flight_started_before_invalidate_does_not_write_the_memo() {
     let group = Arc::new(
-        Group::<&str, u32>::builder()
+        Group::<String, u32>::builder()
             .memo_all(TTL)
             .clock(ManualClock::new())
             .metrics("invalidate")
@@ -218,7 +218,7 @@ fn a_flight_started_before_invalidate_does_not_write_the_memo() {
 fn retry_once_runs_exactly_two_executions_none_serialised() {
     const N: usize = 8;
     let group = Arc::new(
-        Group::<&str, Result<u32, String>>::builder()
+        Group::<String, Result<u32, String>>::builder()
             .failure_if(Result::is_err)
             .error_policy(ErrorPolicy::RetryOnce)
             .metrics("retry")
@@ -271,7 +271,7 @@ fn retry_once_runs_exactly_two_executions_none_serialised() {
 #[test]
 fn a_failed_retry_is_final() {
     let group = Arc::new(
-        Group::<&str, Result<u32, u32>>::builder()
+        Group::<String, Result<u32, u32>>::builder()
             .failure_if(Result::is_err)
             .error_policy(ErrorPolicy::RetryOnce)
             .metrics("retry-fails")
@@ -312,7 +312,7 @@ fn a_failed_retry_is_final() {
 
 #[test]
 fn a_caller_past_its_deadline_leaves_and_the_flight_goes_on() {
-    let group = Arc::new(Group::<&str, u32>::builder().metrics("deadline").build());
+    let group = Arc::new(Group::<String, u32>::builder().metrics("deadline").build());
     let gate = Gate::default();
     let executions = Arc::new(AtomicUsize::new(0));
     let leader = {
@@ -346,7 +346,7 @@ fn a_caller_past_its_deadline_leaves_and_the_flight_goes_on() {
 #[test]
 fn the_builder_timeout_applies_to_call_checked() {
     let group = Arc::new(
-        Group::<&str, u32>::builder()
+        Group::<String, u32>::builder()
             .timeout(Duration::from_millis(1))
             .metrics("timeout")
             .build(),
@@ -369,7 +369,7 @@ fn the_builder_timeout_applies_to_call_checked() {
 
 /// A capped group whose key has a running flight and one waiter.
 struct Capped {
-    group: Arc<Group<&'static str, u32>>,
+    group: Arc<Group<String, u32>>,
     gate: Gate,
     leader: thread::JoinHandle<u32>,
     follower: thread::JoinHandle<u32>,
@@ -377,7 +377,7 @@ struct Capped {
 
 fn capped(overflow: Overflow) -> Capped {
     let group = Arc::new(
-        Group::<&str, u32>::builder()
+        Group::<String, u32>::builder()
             .max_waiters(1, overflow)
             .metrics("cap")
             .build(),
@@ -449,7 +449,7 @@ fn past_the_waiter_cap_a_caller_runs_its_own_work() {
 fn every_counter_after_a_scripted_scenario() {
     let clock = ManualClock::new();
     let group = Arc::new(
-        Group::<&str, u32>::builder()
+        Group::<String, u32>::builder()
             .memo_all(TTL)
             .clock(clock.clone())
             .metrics("scripted")
@@ -487,7 +487,7 @@ fn every_counter_after_a_scripted_scenario() {
     leader.join().unwrap();
     follower.join().unwrap();
     // A panic.
-    assert!(group.try_call("c", || panic!("boom")).is_err());
+    assert!(group.call_checked("c", || panic!("boom")).is_err());
 
     let end = stats(&group);
     assert_eq!(
@@ -510,7 +510,7 @@ fn a_panicking_clone_for_the_memo_still_ends_the_flight() {
             panic!("clone failed")
         }
     }
-    let group = Group::<&str, Fragile>::builder().memo_all(TTL).build();
+    let group = Group::<String, Fragile>::builder().memo_all(TTL).build();
     // The leader's own value is not cloned; the memo's copy panics and is skipped.
     assert_eq!(group.call("k", || Fragile(1)).value, Fragile(1));
     assert!(group.is_empty());
@@ -520,7 +520,7 @@ fn a_panicking_clone_for_the_memo_still_ends_the_flight() {
 #[test]
 fn a_forgotten_flight_does_not_write_the_memo_either() {
     let group = Arc::new(
-        Group::<&str, u32>::builder()
+        Group::<String, u32>::builder()
             .memo_all(TTL)
             .clock(ManualClock::new())
             .build(),

@@ -71,7 +71,7 @@ fn herd<T: Clone + Send + Sync + 'static>(
             let (group, barrier, work) = (group.clone(), barrier.clone(), work.clone());
             thread::spawn(move || {
                 barrier.wait();
-                group.call("key".to_string(), || work())
+                group.call("key", || work())
             })
         })
         .collect()
@@ -103,7 +103,7 @@ fn herd_of_256_threads_runs_the_work_once_and_all_share() {
 
 #[test]
 fn a_caller_alone_is_not_shared() {
-    let group = Group::<&str, u8>::new();
+    let group = Group::<String, u8>::new();
     let out = group.call("alone", || 1);
     assert_eq!(out.value, 1);
     assert!(!out.shared);
@@ -112,7 +112,7 @@ fn a_caller_alone_is_not_shared() {
 
 #[test]
 fn sequential_calls_each_run_the_work() {
-    let group = Group::<&str, usize>::new();
+    let group = Group::<String, usize>::new();
     let executions = AtomicUsize::new(0);
     for i in 1..=3 {
         let out = group.call("key", || executions.fetch_add(1, Ordering::SeqCst) + 1);
@@ -126,7 +126,7 @@ fn different_keys_whose_work_waits_on_each_other_complete() {
     // Each key's work waits until the other key's work has started: a lock
     // held while the work runs would serialise them and deadlock.
     within_hang_bound(|| {
-        let group = Arc::new(Group::<&'static str, &'static str>::new());
+        let group = Arc::new(Group::<String, &'static str>::new());
         let both_running = Arc::new(Barrier::new(2));
         let spawn = |key: &'static str| {
             let (group, both_running) = (group.clone(), both_running.clone());
@@ -147,7 +147,7 @@ fn different_keys_whose_work_waits_on_each_other_complete() {
 #[test]
 fn work_may_call_the_group_for_another_key() {
     within_hang_bound(|| {
-        let group = Group::<&str, u32>::new();
+        let group = Group::<String, u32>::new();
         let out = group.call("outer", || group.call("inner", || 1).value + 1);
         assert_eq!(out.value, 2);
         assert!(group.is_empty());
@@ -162,7 +162,7 @@ fn errors_are_values_shared_with_every_caller() {
     let leader = {
         let (group, gate, started) = (group.clone(), gate.clone(), started.clone());
         thread::spawn(move || {
-            group.call("key".into(), || {
+            group.call("key", || {
                 started.wait();
                 gate.wait();
                 Err("upstream down".to_string())
@@ -172,7 +172,7 @@ fn errors_are_values_shared_with_every_caller() {
     started.wait();
     let follower = {
         let group = group.clone();
-        thread::spawn(move || group.call("key".into(), || Ok(1)))
+        thread::spawn(move || group.call("key", || Ok(1)))
     };
     until_waiters(&group, 1);
     gate.open();
@@ -192,7 +192,7 @@ fn panic_reaches_every_caller_with_its_message_and_the_group_stays_usable() {
         let (group, gate, started) = (group.clone(), gate.clone(), started.clone());
         thread::spawn(move || {
             panic::catch_unwind(AssertUnwindSafe(|| {
-                group.call("key".into(), || {
+                group.call("key", || {
                     started.wait();
                     gate.wait();
                     panic!("upstream exploded");
@@ -206,7 +206,7 @@ fn panic_reaches_every_caller_with_its_message_and_the_group_stays_usable() {
             let group = group.clone();
             thread::spawn(move || {
                 panic::catch_unwind(AssertUnwindSafe(|| {
-                    group.call("key".into(), || unreachable!("joined a running flight"))
+                    group.call("key", || unreachable!("joined a running flight"))
                 }))
             })
         })
@@ -224,16 +224,15 @@ fn panic_reaches_every_caller_with_its_message_and_the_group_stays_usable() {
         );
     }
     assert!(group.is_empty(), "the panicked flight freed its key");
-    let out = group.call("key".into(), || 5);
+    let out = group.call("key", || 5);
     assert_eq!((out.value, out.shared), (5, false));
 }
 
 #[test]
-fn try_call_hands_a_panic_over_as_an_error() {
-    let group = Group::<&str, u8>::new();
-    let err = group
-        .try_call("key", || panic!("formatted {}", std::hint::black_box(42)))
-        .unwrap_err();
+fn call_checked_hands_a_panic_over_as_an_error() {
+    let group = Group::<String, u8>::new();
+    let err =
+        panicked(group.call_checked("key", || panic!("formatted {}", std::hint::black_box(42))));
     assert_eq!(err.message(), "formatted 42");
     assert_eq!(
         err.into_payload()
@@ -241,15 +240,13 @@ fn try_call_hands_a_panic_over_as_an_error() {
             .map(String::as_str),
         Some("formatted 42")
     );
-    assert_eq!(group.try_call("key", || 3).unwrap().value, 3);
+    assert_eq!(group.call_checked("key", || 3).unwrap().value, 3);
 }
 
 #[test]
 fn a_non_string_panic_payload_reaches_its_leader_unchanged() {
-    let group = Group::<&str, u8>::new();
-    let err = group
-        .try_call("key", || panic::panic_any(17_u32))
-        .unwrap_err();
+    let group = Group::<String, u8>::new();
+    let err = panicked(group.call_checked("key", || panic::panic_any(17_u32)));
     assert_eq!(err.into_payload().downcast_ref::<u32>(), Some(&17));
 }
 
@@ -261,7 +258,7 @@ fn forget_during_a_flight_lets_new_callers_start_a_new_one() {
     let old_leader = {
         let (group, gate, started) = (group.clone(), old_gate.clone(), started.clone());
         thread::spawn(move || {
-            group.call("key".into(), || {
+            group.call("key", || {
                 started.wait();
                 gate.wait();
                 "old"
@@ -271,7 +268,7 @@ fn forget_during_a_flight_lets_new_callers_start_a_new_one() {
     started.wait();
     let old_follower = {
         let group = group.clone();
-        thread::spawn(move || group.call("key".into(), || "never run"))
+        thread::spawn(move || group.call("key", || "never run"))
     };
     until_waiters(&group, 1);
 
@@ -283,7 +280,7 @@ fn forget_during_a_flight_lets_new_callers_start_a_new_one() {
     let new_leader = {
         let (group, gate, started) = (group.clone(), new_gate.clone(), new_started.clone());
         thread::spawn(move || {
-            group.call("key".into(), || {
+            group.call("key", || {
                 started.wait();
                 gate.wait();
                 "new"
@@ -304,7 +301,7 @@ fn forget_during_a_flight_lets_new_callers_start_a_new_one() {
     assert_eq!(group.len(), 1);
     let late = {
         let group = group.clone();
-        thread::spawn(move || group.call("key".into(), || "a third execution"))
+        thread::spawn(move || group.call("key", || "a third execution"))
     };
     until_waiters(&group, 1);
     new_gate.open();
@@ -318,7 +315,7 @@ fn forget_during_a_flight_lets_new_callers_start_a_new_one() {
 #[test]
 fn keys_are_looked_up_by_borrowed_form_with_a_custom_hasher() {
     let group = Group::<String, u8, _>::with_hasher(BuildHasherDefault::<DefaultHasher>::default());
-    let out = group.call("owned".to_string(), || {
+    let out = group.call("owned", || {
         assert!(group.contains("owned"), "found by &str while in flight");
         9
     });
@@ -338,7 +335,7 @@ fn a_panicking_clone_hurts_only_its_own_caller() {
             Fragile(self.0)
         }
     }
-    let group = Arc::new(Group::<&'static str, Fragile>::new());
+    let group = Arc::new(Group::<String, Fragile>::new());
     let gate = Gate::default();
     let started = Arc::new(Barrier::new(2));
     let leader = {
@@ -371,4 +368,14 @@ fn a_panicking_clone_hurts_only_its_own_caller() {
     assert_eq!(sturdy.join().unwrap().value.0, 4);
     assert!(fragile.join().unwrap().is_err());
     assert!(group.is_empty());
+}
+
+/// The panic a checked call ended with.
+fn panicked<T: std::fmt::Debug>(
+    result: Result<singleflight::Outcome<T>, singleflight::Error>,
+) -> singleflight::Panicked {
+    match result {
+        Err(singleflight::Error::Panicked(panicked)) => panicked,
+        other => panic!("expected a panic, got {other:?}"),
+    }
 }

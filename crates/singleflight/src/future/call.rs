@@ -1,23 +1,23 @@
 // The futures a call returns, and how each caller drives or waits on its
-// flight. See `flight.rs` for who owns the work when.
+// flight: `Flow` is every entry point's state machine; `Call` and `TryCall`
+// shape what it ends with. See `driver.rs` for who owns the work when.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
 use std::mem;
 use std::ops::Deref;
-use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc as StdArc;
 use std::task::{Context, Poll, ready};
 
-use super::flight::{Flight, Work};
-use super::group::{Inner, Joined};
-use crate::loom::lock;
-use crate::loom::sync::Arc;
-use crate::policy::{MetricEvent as Event, MetricGauge as Gauge};
-use crate::settle::received;
-use crate::{Error, Outcome, Panicked, Source};
+use super::driver::{Fallible, Inner, Lead, Make, Plain, make_caught, poll_caught};
+use super::flight::{Flight, Waited, Work};
+use crate::engine::{Accepts, Ended, Following, Joined, KeyArg, Received, Stop, received};
+use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Overflow};
+use crate::{Outcome, Panicked, Source};
 
 /// How a call reaches its group: borrowed from the caller's [`Group`]
 /// (`call`), which costs nothing, or owned (`call_owned`), one reference
@@ -41,25 +41,9 @@ impl<K, T, S> Deref for Handle<'_, K, T, S> {
     }
 }
 
-/// The work of a flight, owned by the caller that drives it.
-pub(crate) struct Lead<T> {
-    pub(crate) work: Work<T>,
-    pub(crate) hash: u64,
-    pub(crate) id: u64,
-}
-
-impl<T> Lead<T> {
-    /// Polls the work, catching a panic as the flight's result.
-    pub(crate) fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<std::thread::Result<T>> {
-        poll_caught(&mut self.work, cx)
-    }
-}
-
 /// A caller waiting for a flight driven by another.
 struct Follow<T> {
-    flight: Arc<Flight<T>>,
-    hash: u64,
-    id: u64,
+    following: Following<Flight<T>>,
     /// Where our waker is in the flight's waiters, once registered.
     waiter: Option<usize>,
     /// This caller's wait, following from the flight's span (feature
@@ -68,250 +52,218 @@ struct Follow<T> {
     _span: tracing::Span,
 }
 
-enum Waited<T> {
-    Ended(Result<Outcome<T>, Panicked>),
-    /// The driver left; the work is ours to drive now.
-    Promoted(Work<T>),
-    /// The driver's work failed (`RetryOnce`): ours runs as the retry.
-    Retry,
-}
-
-impl<T: Clone> Follow<T> {
-    fn poll_wait(&mut self, cx: &mut Context<'_>, can_retry: bool) -> Poll<Waited<T>> {
-        let mut state = lock(&self.flight.state);
-        if let Some(result) = self.flight.result.get() {
-            drop(state);
-            return Poll::Ready(Waited::Ended(received(result)));
-        }
-        if let Some(work) = state.orphan.take() {
-            if let Some(waiter) = self.waiter.take() {
-                state.waiters.try_remove(waiter);
+impl<T> Follow<T> {
+    fn new(following: Following<Flight<T>>) -> Self {
+        #[cfg(feature = "tracing")]
+        let _span = {
+            let wait = tracing::info_span!("singleflight.wait", flight.id = following.ticket.id);
+            if let Some(flight) = following.span.clone() {
+                wait.follows_from(flight);
             }
-            return Poll::Ready(Waited::Promoted(work));
+            wait
+        };
+        Self {
+            following,
+            waiter: None,
+            #[cfg(feature = "tracing")]
+            _span,
         }
-        if can_retry && state.retry {
-            state.retry = false;
-            if let Some(waiter) = self.waiter.take() {
-                state.waiters.try_remove(waiter);
-            }
-            return Poll::Ready(Waited::Retry);
-        }
-        match self.waiter.and_then(|waiter| state.waiters.get_mut(waiter)) {
-            Some(waker) => waker.clone_from(cx.waker()),
-            None => self.waiter = Some(state.waiters.insert(cx.waker().clone())),
-        }
-        Poll::Pending
     }
 }
 
-enum Step<K, T, F> {
+enum Step<'a, K, Q: ?Sized, T, M> {
     Start {
-        key: K,
-        make: F,
+        key: KeyArg<'a, K, Q>,
+        make: M,
     },
     Lead(Lead<T>),
-    /// Waiting; keeps `make` when the group may ask it for a retry.
-    Follow(Follow<T>, Option<F>),
-    /// Past the waiter cap, running its own work alone.
+    /// Waiting; keeps `make` for a retry, or for work of its own when the
+    /// flight ends with an error of another type than this caller's.
+    Follow(Follow<T>, M),
+    /// Running its own work, alone (past the waiter cap).
     Own(Work<T>),
     Done,
 }
 
-/// The future [`Group::try_call`](super::Group::try_call) returns: the
-/// flight's [`Outcome`], or [`Panicked`] if its work panicked.
-///
-/// See [`Group::call`](super::Group::call) for cancel safety.
-#[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct TryCall<'a, K, T, S, F>
+/// One call's way through its flight, for every entry point.
+pub(crate) struct Flow<'a, K, Q, T, S, M>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
     inner: Handle<'a, K, T, S>,
-    step: Step<K, T, F>,
+    step: Step<'a, K, Q, T, M>,
+    /// The errors this caller takes back.
+    accepts: Accepts,
+    /// Past the waiter cap under `Overflow::Refuse`: refuse (the checked
+    /// entry points) or run its own work (the others).
+    refuse: bool,
 }
 
-// Nothing of a `TryCall` is ever pinned in place: the work is boxed.
-impl<K, T, S, F> Unpin for TryCall<'_, K, T, S, F>
+impl<'a, K, Q, T, S, M> Flow<'a, K, Q, T, S, M>
 where
-    K: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Send + Sync + Borrow<Q> + 'static,
+    Q: Hash + Eq + ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
+    M: Make<T>,
 {
-}
-
-impl<'a, K, T, S, F, Fut> TryCall<'a, K, T, S, F>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = T> + Send + 'static,
-{
-    pub(crate) fn new(inner: Handle<'a, K, T, S>, key: K, make: F) -> Self {
+    pub(crate) fn new(
+        inner: Handle<'a, K, T, S>,
+        key: KeyArg<'a, K, Q>,
+        make: M,
+        accepts: Accepts,
+        refuse: bool,
+    ) -> Self {
         Self {
             inner,
             step: Step::Start { key, make },
+            accepts,
+            refuse,
         }
     }
-}
 
-impl<'a, K, T, S, F, Fut> TryCall<'a, K, T, S, F>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = T> + Send + 'static,
-{
     /// Counts `event`, if the group has metrics on.
     pub(crate) fn count(&self, event: Event) {
-        self.inner.count(event);
+        self.inner.engine.count(event);
     }
 
-    /// Drives the call; every way it can end without a value is an `Error`.
-    pub(crate) fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome<T>, Error>> {
-        self.poll_steps(cx)
-    }
-
-    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome<T>, Error>> {
+    /// Drives the call.
+    #[track_caller]
+    pub(crate) fn poll_flow(&mut self, cx: &mut Context<'_>) -> Poll<Received<T>> {
         loop {
             match &mut self.step {
                 Step::Start { key, .. } => {
                     // The memo's hit path, on the key in place.
-                    if let Some(outcome) = self.inner.policy.as_ref().and_then(|p| p.hit(key)) {
+                    if let Some(hit) = self.inner.engine.hit(key.get(), self.accepts) {
                         self.step = Step::Done;
-                        return Poll::Ready(Ok(outcome));
+                        return Poll::Ready(hit);
                     }
                     let Step::Start { key, make } = mem::replace(&mut self.step, Step::Done) else {
                         unreachable!("matched Start just above");
                     };
-                    match self.inner.join(key, make) {
-                        Joined::Lead(lead) => self.step = Step::Lead(lead),
-                        Joined::Follow {
-                            flight,
-                            hash,
-                            id,
-                            make,
-                            #[cfg(feature = "tracing")]
-                            span,
-                        } => {
-                            #[cfg(feature = "tracing")]
-                            let _span = {
-                                let wait = tracing::info_span!("singleflight.wait", flight.id = id);
-                                if let Some(flight) = span {
-                                    wait.follows_from(flight);
-                                }
-                                wait
-                            };
-                            let follow = Follow {
-                                flight,
-                                hash,
-                                id,
-                                waiter: None,
-                                #[cfg(feature = "tracing")]
-                                _span,
-                            };
-                            self.step = Step::Follow(follow, make);
+                    let refresh = self.inner.spawner.is_some();
+                    match self.inner.engine.join(key, self.accepts, refresh) {
+                        Joined::Lead(ticket) => match self.inner.lead(make, ticket) {
+                            Ok(lead) => self.step = Step::Lead(lead),
+                            Err(received) => return Poll::Ready(received),
+                        },
+                        Joined::Follow(following) => {
+                            self.step = Step::Follow(Follow::new(following), make);
                         }
-                        Joined::Own(work) => self.step = Step::Own(work),
-                        Joined::Failed(result) => return Poll::Ready(result.map_err(Error::from)),
-                        Joined::Ready(result) => return Poll::Ready(result),
+                        Joined::OverCap(Overflow::Refuse) if self.refuse => {
+                            return Poll::Ready(Err(Stop::TooManyWaiters));
+                        }
+                        Joined::OverCap(_) => {
+                            if let Err(received) = self.run_own(make) {
+                                return Poll::Ready(received);
+                            }
+                        }
+                        Joined::Hit(hit) => return Poll::Ready(hit),
+                        Joined::Refresh(hit, ticket) => {
+                            self.inner.refresh(make, ticket);
+                            return Poll::Ready(hit);
+                        }
                     }
                 }
                 Step::Lead(lead) => {
-                    let result = ready!(lead.poll_work(cx));
+                    let ended = ready!(lead.poll_work(&self.inner.engine, cx));
                     let Step::Lead(lead) = mem::replace(&mut self.step, Step::Done) else {
                         unreachable!("matched Lead just above");
                     };
-                    let (hash, id) = (lead.hash, lead.id);
+                    let ticket = lead.ticket;
                     // The work's destructors run before anyone sees its result.
                     drop(lead);
-                    let result = self.inner.finish(hash, id, result);
+                    let received = self.inner.engine.finish(ticket, ended);
                     // Counted here, not in `finish`: a detached driver is no caller.
-                    if matches!(&result, Ok(outcome) if outcome.shared) {
-                        self.inner.count(Event::Shared);
+                    if matches!(&received, Ok(outcome) if outcome.shared) {
+                        self.count(Event::Shared);
                     }
-                    return Poll::Ready(result.map_err(Error::from));
+                    return Poll::Ready(received);
                 }
                 Step::Own(work) => {
-                    let result = ready!(poll_caught(work, cx));
+                    let ended = ready!(poll_caught(work, cx));
                     self.step = Step::Done;
-                    return Poll::Ready(match result {
-                        Ok(value) => Ok(Outcome::from(value, false, Source::Bypass)),
-                        Err(payload) => {
-                            self.inner.count(Event::Panic);
-                            Err(Panicked::leader(payload).into())
+                    return Poll::Ready(match ended {
+                        Ended::Returned(Ok(value)) => {
+                            Ok(Outcome::from(value, false, Source::Bypass))
+                        }
+                        Ended::Returned(Err(error)) => Err(Stop::Error(error)),
+                        Ended::Panicked(payload) => {
+                            self.count(Event::Panic);
+                            Err(Stop::Panicked(Panicked::leader(payload)))
                         }
                     });
                 }
-                Step::Follow(follow, make) => {
-                    let waited = ready!(follow.poll_wait(cx, make.is_some()));
-                    let (hash, id) = (follow.hash, follow.id);
-                    let make = make.take();
-                    self.step = Step::Done;
-                    self.inner.gauge(Gauge::Waiters, -1);
-                    match waited {
-                        Waited::Ended(result) => {
-                            if result.is_ok() {
-                                self.inner.count(Event::Shared);
-                            }
-                            return Poll::Ready(result.map_err(Error::from));
+                Step::Follow(follow, _) => {
+                    let waited = ready!(follow.following.flight.poll_wait(&mut follow.waiter, cx));
+                    let outcome = match waited {
+                        Waited::Ended(published) => Some(received(published)),
+                        Waited::Promoted(work) => {
+                            let ticket = follow.following.ticket;
+                            self.step = Step::Lead(Lead { work, ticket });
+                            None
                         }
-                        Waited::Promoted(work) => self.step = Step::Lead(Lead { work, hash, id }),
-                        Waited::Retry => {
-                            let Some(make) = make else {
-                                unreachable!("a retry is claimed only with `make` at hand");
-                            };
-                            self.inner.count(Event::Execution);
-                            match self.inner.make_work(make, hash, id) {
-                                Ok(lead) => self.step = Step::Lead(lead),
-                                Err(result) => return Poll::Ready(result.map_err(Error::from)),
+                        Waited::Claimed => None,
+                    };
+                    self.inner.engine.gauge(Gauge::Waiters, -1);
+                    if let Some(received) = outcome {
+                        let Step::Follow(_, make) = mem::replace(&mut self.step, Step::Done) else {
+                            unreachable!("matched Follow just above");
+                        };
+                        match received {
+                            Err(Stop::Error(error)) if !(self.accepts)(&error) => {
+                                if let Err(received) = self.run_own(make) {
+                                    return Poll::Ready(received);
+                                }
                             }
+                            received => {
+                                if received.is_ok() {
+                                    self.count(Event::Shared);
+                                }
+                                return Poll::Ready(received);
+                            }
+                        }
+                    } else if let Step::Follow(..) = self.step {
+                        // Claimed the retry: our own work runs on the flight.
+                        let Step::Follow(follow, make) = mem::replace(&mut self.step, Step::Done)
+                        else {
+                            unreachable!("matched Follow just above");
+                        };
+                        self.count(Event::Execution);
+                        match self.inner.lead(make, follow.following.ticket) {
+                            Ok(lead) => self.step = Step::Lead(lead),
+                            Err(received) => return Poll::Ready(received),
                         }
                     }
                 }
-                Step::Done => panic!("`TryCall` polled after it completed"),
+                Step::Done => panic!("a singleflight call polled after it completed"),
+            }
+        }
+    }
+
+    /// Starts this caller's own work, alone; `Err` if `make` panicked.
+    fn run_own(&mut self, make: M) -> Result<(), Received<T>> {
+        self.count(Event::Execution);
+        match make_caught(make) {
+            Ok(work) => {
+                self.step = Step::Own(work);
+                Ok(())
+            }
+            Err(payload) => {
+                self.count(Event::Panic);
+                Err(Err(Stop::Panicked(Panicked::leader(payload))))
             }
         }
     }
 }
 
-/// Polls `work`, catching a panic.
-fn poll_caught<T>(work: &mut Work<T>, cx: &mut Context<'_>) -> Poll<std::thread::Result<T>> {
-    match panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
-        Ok(Poll::Pending) => Poll::Pending,
-        Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-        Err(payload) => Poll::Ready(Err(payload)),
-    }
-}
-
-impl<K, T, S, F, Fut> Future for TryCall<'_, K, T, S, F>
+impl<K, Q, T, S, M> Drop for Flow<'_, K, Q, T, S, M>
 where
     K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = T> + Send + 'static,
-{
-    type Output = Result<Outcome<T>, Panicked>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match ready!(self.get_mut().poll_checked(cx)) {
-            Ok(outcome) => Poll::Ready(Ok(outcome)),
-            Err(Error::Panicked(panicked)) => Poll::Ready(Err(panicked)),
-            Err(Error::TooManyWaiters) => {
-                panic!("singleflight: too many waiters on this key (use `call_checked`)")
-            }
-            Err(error) => unreachable!("`try_call` has no deadline, yet: {error}"),
-        }
-    }
-}
-
-impl<K, T, S, F> Drop for TryCall<'_, K, T, S, F>
-where
-    K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -319,18 +271,15 @@ where
         match mem::replace(&mut self.step, Step::Done) {
             Step::Start { .. } | Step::Done | Step::Own(_) => {}
             Step::Lead(lead) => self.inner.abandon(lead, true),
-            Step::Follow(follow, _) => {
-                self.inner.gauge(Gauge::Waiters, -1);
-                self.inner
-                    .leave(&follow.flight, follow.hash, follow.id, follow.waiter);
-            }
+            Step::Follow(follow, _) => self.inner.leave(&follow.following, follow.waiter),
         }
     }
 }
 
-impl<K, T, S, F> fmt::Debug for TryCall<'_, K, T, S, F>
+impl<K, Q, T, S, M> fmt::Debug for Flow<'_, K, Q, T, S, M>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
@@ -342,36 +291,56 @@ where
             Step::Own(_) => "bypassing",
             Step::Done => "done",
         };
-        f.debug_struct("TryCall").field("step", &step).finish()
+        f.debug_struct("Flow").field("step", &step).finish()
     }
 }
 
-/// The future [`Group::call`](super::Group::call) returns: the flight's
+/// The future [`Group::call`](super::Group::call) and
+/// [`Group::call_owned`](super::Group::call_owned) return: the flight's
 /// [`Outcome`]; re-raises a panic of the work.
+///
+/// See [`Group::call`](super::Group::call) for cancel safety.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct Call<'a, K, T, S, F>
+pub struct Call<'a, K, Q, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    inner: TryCall<'a, K, T, S, F>,
+    flow: Flow<'a, K, Q, T, S, Plain<F>>,
 }
 
-impl<'a, K, T, S, F> Call<'a, K, T, S, F>
+// Nothing of a call's future is ever pinned in place: the work is boxed.
+impl<K, Q, T, S, F> Unpin for Call<'_, K, Q, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    pub(crate) fn new(inner: TryCall<'a, K, T, S, F>) -> Self {
-        Self { inner }
+}
+
+impl<'a, K, Q, T, S, F, Fut> Call<'a, K, Q, T, S, F>
+where
+    K: Hash + Eq + Send + Sync + Borrow<Q> + 'static,
+    Q: Hash + Eq + ?Sized,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    pub(crate) fn new(inner: Handle<'a, K, T, S>, key: KeyArg<'a, K, Q>, make: F) -> Self {
+        Self {
+            flow: Flow::new(inner, key, Plain(make), crate::engine::accepts_none, false),
+        }
     }
 }
 
-impl<K, T, S, F, Fut> Future for Call<'_, K, T, S, F>
+impl<K, Q, T, S, F, Fut> Future for Call<'_, K, Q, T, S, F>
 where
-    K: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Send + Sync + Borrow<Q> + 'static,
+    Q: Hash + Eq + ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -379,21 +348,107 @@ where
 {
     type Output = Outcome<T>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
-        match ready!(Pin::new(&mut self.inner).poll(cx)) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
+        match ready!(self.get_mut().flow.poll_flow(cx)) {
             Ok(outcome) => Poll::Ready(outcome),
-            Err(panicked) => panicked.resume(),
+            Err(Stop::Panicked(panicked)) => panicked.resume(),
+            Err(Stop::Error(_) | Stop::TooManyWaiters | Stop::Timeout) => {
+                unreachable!("infallible work, no cap refusal, no deadline")
+            }
         }
     }
 }
 
-impl<K, T, S, F> fmt::Debug for Call<'_, K, T, S, F>
+impl<K, Q, T, S, F> fmt::Debug for Call<'_, K, Q, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Call").field(&self.inner).finish()
+        f.debug_tuple("Call").field(&self.flow).finish()
+    }
+}
+
+/// The future [`Group::try_call`](super::Group::try_call) and
+/// [`Group::try_call_owned`](super::Group::try_call_owned) return: the
+/// flight's [`Outcome`], or its work's error behind the `Arc` every caller
+/// of the flight shares; re-raises a panic of the work.
+///
+/// See [`Group::call`](super::Group::call) for cancel safety.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct TryCall<'a, K, Q, T, E, S, F>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    flow: Flow<'a, K, Q, T, S, Fallible<F, E>>,
+}
+
+impl<K, Q, T, E, S, F> Unpin for TryCall<'_, K, Q, T, E, S, F>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+}
+
+impl<'a, K, Q, T, E, S, F, Fut> TryCall<'a, K, Q, T, E, S, F>
+where
+    K: Hash + Eq + Send + Sync + Borrow<Q> + 'static,
+    Q: Hash + Eq + ?Sized,
+    T: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    pub(crate) fn new(inner: Handle<'a, K, T, S>, key: KeyArg<'a, K, Q>, make: F) -> Self {
+        let make = Fallible(make, PhantomData);
+        Self {
+            flow: Flow::new(inner, key, make, crate::engine::accepts::<E>, false),
+        }
+    }
+}
+
+impl<K, Q, T, E, S, F, Fut> Future for TryCall<'_, K, Q, T, E, S, F>
+where
+    K: Hash + Eq + Send + Sync + Borrow<Q> + 'static,
+    Q: Hash + Eq + ?Sized,
+    T: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    type Output = Result<Outcome<T>, StdArc<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match ready!(self.get_mut().flow.poll_flow(cx)) {
+            Ok(outcome) => Poll::Ready(Ok(outcome)),
+            Err(Stop::Error(error)) => Poll::Ready(Err(error
+                .downcast::<E>()
+                .unwrap_or_else(|_| unreachable!("only errors of type `E` are taken")))),
+            Err(Stop::Panicked(panicked)) => panicked.resume(),
+            Err(Stop::TooManyWaiters | Stop::Timeout) => {
+                unreachable!("no cap refusal, no deadline")
+            }
+        }
+    }
+}
+
+impl<K, Q, T, E, S, F> fmt::Debug for TryCall<'_, K, Q, T, E, S, F>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TryCall").field(&self.flow).finish()
     }
 }

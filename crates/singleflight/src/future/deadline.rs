@@ -1,42 +1,75 @@
-// The futures of the checked entry points: `Checked` (errors as `Error`) and
-// `Until` (plus a caller deadline). A caller that times out is simply a
-// dropped caller: the flight's own machinery decides what happens to it.
+// The futures of the checked entry points: `Checked` (every way to end
+// without a value is an `Error`) and `Until` (plus a caller deadline). A
+// caller that times out is simply a dropped caller: the flight's own
+// machinery decides what happens to it.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use super::call::TryCall;
+use super::call::{Flow, Handle};
+use super::driver::Plain;
+use crate::engine::{KeyArg, Stop, accepts_none};
 use crate::policy::MetricEvent as Event;
 use crate::{Error, Outcome};
 
-/// The future [`Group::call_checked`](super::Group::call_checked) returns.
+/// The future [`Group::call_checked`](super::Group::call_checked) and
+/// [`Group::call_checked_owned`](super::Group::call_checked_owned) return.
+///
+/// See [`Group::call`](super::Group::call) for cancel safety.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct Checked<'a, K, T, S, F>
+pub struct Checked<'a, K, Q, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    call: TryCall<'a, K, T, S, F>,
+    flow: Flow<'a, K, Q, T, S, Plain<F>>,
 }
 
-impl<'a, K, T, S, F> Checked<'a, K, T, S, F>
+impl<K, Q, T, S, F> Unpin for Checked<'_, K, Q, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    pub(crate) fn new(call: TryCall<'a, K, T, S, F>) -> Self {
-        Self { call }
+}
+
+impl<'a, K, Q, T, S, F, Fut> Checked<'a, K, Q, T, S, F>
+where
+    K: Hash + Eq + Send + Sync + Borrow<Q> + 'static,
+    Q: Hash + Eq + ?Sized,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    pub(crate) fn new(inner: Handle<'a, K, T, S>, key: KeyArg<'a, K, Q>, make: F) -> Self {
+        Self {
+            flow: Flow::new(inner, key, Plain(make), accepts_none, true),
+        }
+    }
+
+    fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome<T>, Error>> {
+        Poll::Ready(match ready!(self.flow.poll_flow(cx)) {
+            Ok(outcome) => Ok(outcome),
+            Err(Stop::Panicked(panicked)) => Err(Error::Panicked(panicked)),
+            Err(Stop::TooManyWaiters) => Err(Error::TooManyWaiters),
+            Err(Stop::Timeout) => Err(Error::Timeout),
+            Err(Stop::Error(_)) => unreachable!("infallible work"),
+        })
     }
 }
 
-impl<K, T, S, F, Fut> Future for Checked<'_, K, T, S, F>
+impl<K, Q, T, S, F, Fut> Future for Checked<'_, K, Q, T, S, F>
 where
-    K: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Send + Sync + Borrow<Q> + 'static,
+    Q: Hash + Eq + ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -44,19 +77,20 @@ where
 {
     type Output = Result<Outcome<T>, Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.call.poll_checked(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_checked(cx)
     }
 }
 
-impl<K, T, S, F> fmt::Debug for Checked<'_, K, T, S, F>
+impl<K, Q, T, S, F> fmt::Debug for Checked<'_, K, Q, T, S, F>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Checked").field(&self.call).finish()
+        f.debug_tuple("Checked").field(&self.flow).finish()
     }
 }
 
@@ -65,13 +99,14 @@ pin_project_lite::pin_project! {
     /// `call_with_timeout` return: the call, or [`Error::Timeout`] when the
     /// deadline `D` completes first.
     #[must_use = "futures do nothing unless you `.await` or poll them"]
-    pub struct Until<'a, K, T, S, F, D>
+    pub struct Until<'a, K, Q, T, S, F, D>
     where
         K: Hash,
         K: Eq,
         K: Send,
         K: Sync,
         K: 'static,
+        Q: ?Sized,
         T: Clone,
         T: Send,
         T: Sync,
@@ -81,19 +116,20 @@ pin_project_lite::pin_project! {
         S: Sync,
         S: 'static,
     {
-        call: Option<TryCall<'a, K, T, S, F>>,
+        call: Option<Checked<'a, K, Q, T, S, F>>,
         #[pin]
         deadline: D,
     }
 }
 
-impl<'a, K, T, S, F, D> Until<'a, K, T, S, F, D>
+impl<'a, K, Q, T, S, F, D> Until<'a, K, Q, T, S, F, D>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
-    pub(crate) fn new(call: TryCall<'a, K, T, S, F>, deadline: D) -> Self {
+    pub(crate) fn new(call: Checked<'a, K, Q, T, S, F>, deadline: D) -> Self {
         Self {
             call: Some(call),
             deadline,
@@ -101,9 +137,10 @@ where
     }
 }
 
-impl<K, T, S, F, Fut, D> Future for Until<'_, K, T, S, F, D>
+impl<K, Q, T, S, F, Fut, D> Future for Until<'_, K, Q, T, S, F, D>
 where
-    K: Hash + Eq + Send + Sync + 'static,
+    K: Hash + Eq + Send + Sync + Borrow<Q> + 'static,
+    Q: Hash + Eq + ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -123,7 +160,7 @@ where
             return Poll::Ready(result);
         }
         if this.deadline.poll(cx).is_ready() {
-            call.count(Event::Timeout);
+            call.flow.count(Event::Timeout);
             // Leaving is dropping: the flight's machinery takes it from here.
             *this.call = None;
             return Poll::Ready(Err(Error::Timeout));
@@ -132,9 +169,10 @@ where
     }
 }
 
-impl<K, T, S, F, D> fmt::Debug for Until<'_, K, T, S, F, D>
+impl<K, Q, T, S, F, D> fmt::Debug for Until<'_, K, Q, T, S, F, D>
 where
     K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {

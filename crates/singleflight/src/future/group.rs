@@ -1,12 +1,6 @@
-// The async group: the table of flights, and what happens to a flight when
-// callers arrive, finish or leave. `call.rs` holds the futures that drive it.
-//
-// Invariants (see also `table.rs` and `flight.rs`):
-// - No lock is held while user code runs (the work, `make`, `Clone`, a key's
-//   or a work's `Drop`, a waker, the spawner).
-// - A flight's slot leaves the table when the flight ends (`finish`) or is
-//   abandoned by its last caller (`abandon`, `leave`), under the table lock,
-//   at once: no new caller can join a flight that will never end.
+// The async group: its entry points and its builder. The flights are the
+// engine's (`engine/`); `driver.rs` runs their work and `call.rs` holds the
+// futures the entry points return.
 
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
@@ -14,15 +8,14 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc as StdArc;
+use std::time::Duration;
 
-use super::call::{Call, Handle, Lead, TryCall};
-use super::flight::{Flight, Work};
-use super::spawn::{Detached, Spawn};
-use crate::loom::lock;
-use crate::loom::sync::{Arc, MutexGuard};
-use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Policies};
-use crate::table::{Shards, Table};
-use crate::{Error, Outcome, Panicked};
+use super::call::{Call, Handle, TryCall};
+use super::deadline::{Checked, Until};
+use super::driver::Inner;
+use super::spawn::Spawn;
+use crate::engine::{Engine, KeyArg};
+use crate::policy::{Policies, Stats};
 
 /// Coalesces concurrent async calls for the same key: the work runs once and
 /// every caller gets its result.
@@ -34,8 +27,11 @@ use crate::{Error, Outcome, Panicked};
 /// later call joins a flight that will never end; with [`Builder::detach`] the
 /// flight is instead handed to an executor and runs to completion.
 ///
-/// The group needs no runtime: it works on any executor. It is cheap to clone
-/// (a reference count), and clones share their flights.
+/// Calls take the key by reference and clone it into the group only when
+/// they start a flight; [`Group::call_owned`] takes it by value, for a
+/// future that must be `'static`. The group needs no runtime: it works on
+/// any executor. It is cheap to clone (a reference count), and clones share
+/// their flights.
 ///
 /// # Concurrent calls on the same key
 ///
@@ -56,7 +52,7 @@ use crate::{Error, Outcome, Panicked};
 ///         let (group, executions) = (group.clone(), executions.clone());
 ///         tokio::spawn(async move {
 ///             group
-///                 .call("status".to_string(), || async move {
+///                 .call("status", || async move {
 ///                     executions.fetch_add(1, Ordering::SeqCst);
 ///                     tokio::time::sleep(Duration::from_millis(100)).await; // a slow upstream
 ///                     "200 OK".to_string()
@@ -77,30 +73,14 @@ use crate::{Error, Outcome, Panicked};
 ///
 /// prints eight times `status: 200 OK, shared: true`.
 pub struct Group<K, T, S = RandomState> {
-    pub(super) inner: StdArc<Inner<K, T, S>>,
-}
-
-pub(crate) struct Inner<K, T, S> {
-    pub(super) table: Shards<K, Arc<Flight<T>>>,
-    pub(super) hasher: S,
-    pub(super) spawner: Option<StdArc<dyn Spawn>>,
-    /// `None` unless the builder turned a policy on: the plain path pays one
-    /// branch on it per call.
-    pub(crate) policy: Option<Box<Policies<K, T>>>,
+    inner: StdArc<Inner<K, T, S>>,
 }
 
 impl<K, T> Group<K, T, RandomState> {
     /// An empty group with the standard hasher, whose flights are cancelled
     /// when their last caller is dropped.
     pub fn new() -> Self {
-        Self {
-            inner: StdArc::new(Inner {
-                table: Shards::new(),
-                hasher: RandomState::new(),
-                spawner: None,
-                policy: None,
-            }),
-        }
+        Self::from_parts(RandomState::new(), None, None)
     }
 
     /// A builder for a group with other settings.
@@ -136,14 +116,43 @@ impl<K, T, S> Clone for Group<K, T, S> {
 }
 
 impl<K, T, S> Group<K, T, S> {
+    fn from_parts(
+        hasher: S,
+        spawner: Option<StdArc<dyn Spawn>>,
+        policy: Option<Box<Policies<K, T>>>,
+    ) -> Self {
+        Self {
+            inner: StdArc::new(Inner {
+                engine: Engine::new(hasher, policy),
+                spawner,
+            }),
+        }
+    }
+
     /// The number of flights in progress (forgotten ones included, until they end).
     pub fn len(&self) -> usize {
-        self.inner.table.len()
+        self.inner.engine.len()
     }
 
     /// Whether no flight is in progress.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A snapshot of the group's counters, or `None` unless the builder
+    /// turned metrics on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let group = singleflight::future::Group::<u8, u8>::builder().metrics("g").build();
+    /// group.call(&1, || async { 1 }).await;
+    /// assert_eq!(group.stats().unwrap().executions, 1);
+    /// # });
+    /// ```
+    pub fn stats(&self) -> Option<Stats> {
+        self.inner.engine.policy().and_then(Policies::stats)
     }
 }
 
@@ -166,9 +175,9 @@ where
     ///
     /// ```
     /// # futures::executor::block_on(async {
-    /// let group = singleflight::future::Group::<&str, Result<u16, String>>::new();
-    /// let out = group.call("status", || async { Ok(200) }).await;
-    /// assert_eq!(out.value, Ok(200));
+    /// let group = singleflight::future::Group::<String, u16>::new();
+    /// let out = group.call("status", || async { 200 }).await;
+    /// assert_eq!(out.value, 200);
     /// assert!(!out.shared);
     /// # });
     /// ```
@@ -188,25 +197,32 @@ where
     /// When the work (or `make`) panics, every caller of that flight panics:
     /// the one whose poll ran it with the original payload, the others with
     /// its message as a `String`. The key is freed first and the group stays
-    /// usable. [`Group::try_call`] returns the panic as an error instead.
+    /// usable. [`Group::call_checked`] returns the panic as a value instead.
     ///
-    /// Awaiting a call for the *same* key from inside the work never
-    /// completes, as it waits for itself.
+    /// When awaited inside the work of `key`'s own flight (which would
+    /// otherwise wait for itself forever).
     ///
-    /// The future borrows the group; to spawn it, or keep it where a
-    /// borrow cannot go, use [`Group::call_owned`].
-    pub fn call<F, Fut>(&self, key: K, make: F) -> Call<'_, K, T, S, F>
+    /// No policy makes `call` panic: past a waiter cap set to
+    /// [`Overflow::Refuse`](crate::policy::Overflow::Refuse), it runs its
+    /// own work, alone ([`Source::Bypass`](crate::Source::Bypass));
+    /// [`Group::call_checked`] returns
+    /// [`Error::TooManyWaiters`](crate::Error::TooManyWaiters) instead.
+    ///
+    /// The future borrows the group and the key; to spawn it, or keep it
+    /// where a borrow cannot go, use [`Group::call_owned`].
+    pub fn call<'a, Q, F, Fut>(&'a self, key: &'a Q, make: F) -> Call<'a, K, Q, T, S, F>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
-        Call::new(self.try_call(key, make))
+        Call::new(Handle::Borrowed(&self.inner), KeyArg::borrowed(key), make)
     }
 
-    /// Like [`Group::call`], in a future that holds a reference count of
-    /// the group instead of borrowing it: it is `'static` (when `K`, `T`,
-    /// `S` and `F` are) and can be spawned. It costs two atomic operations
-    /// more than `call`.
+    /// Like [`Group::call`], in a future that owns its key and holds a
+    /// reference count of the group instead of borrowing them: it is
+    /// `'static` (when `K`, `T`, `S` and `F` are) and can be spawned.
     ///
     /// # Examples
     ///
@@ -214,43 +230,59 @@ where
     /// # #[cfg(feature = "tokio")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let group = singleflight::future::Group::<&str, u16>::new();
-    /// let task = tokio::spawn(group.call_owned("status", || async { 200 }));
+    /// let group = singleflight::future::Group::<String, u16>::new();
+    /// let task = tokio::spawn(group.call_owned("status".to_string(), || async { 200 }));
     /// assert_eq!(task.await.unwrap().value, 200);
     /// # }
     /// # #[cfg(not(feature = "tokio"))]
     /// # fn main() {}
     /// ```
-    pub fn call_owned<F, Fut>(&self, key: K, make: F) -> Call<'static, K, T, S, F>
+    pub fn call_owned<F, Fut>(&self, key: K, make: F) -> Call<'static, K, K, T, S, F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
-        Call::new(self.try_call_owned(key, make))
+        Call::new(self.owned(), KeyArg::Owned(key), make)
     }
 
-    /// Like [`Group::call`], but a panic in the work is returned as
-    /// [`Panicked`] to every caller of the flight instead of re-raised.
+    /// Runs fallible work for `key`, or waits for the flight in progress:
+    /// every caller of a flight whose work failed gets the same error,
+    /// behind one [`Arc`](std::sync::Arc), so `E` need not be `Clone`.
+    ///
+    /// Errors are failures: they are not memoised (unless the builder sets
+    /// a `negative_ttl`), and `ErrorPolicy::RetryOnce` retries them. A call
+    /// that joins a flight whose error is of another type than its own `E`
+    /// (another entry point was used for the same key) runs its own work.
     ///
     /// # Examples
     ///
     /// ```
     /// # futures::executor::block_on(async {
-    /// let group = singleflight::future::Group::<u8, u8>::new();
-    /// let err = group.try_call(1, || async { panic!("boom") }).await.unwrap_err();
-    /// assert_eq!(err.message(), "boom");
+    /// let group = singleflight::future::Group::<String, u16>::new();
+    /// let err = group
+    ///     .try_call("status", || async { Err::<u16, _>(std::io::Error::other("down")) })
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(err.to_string(), "down");
     /// # });
     /// ```
     ///
-    /// # Cancel safety
+    /// # Cancel safety and panics
     ///
     /// As for [`Group::call`].
-    pub fn try_call<F, Fut>(&self, key: K, make: F) -> TryCall<'_, K, T, S, F>
+    pub fn try_call<'a, Q, E, F, Fut>(
+        &'a self,
+        key: &'a Q,
+        make: F,
+    ) -> TryCall<'a, K, Q, T, E, S, F>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = T> + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        TryCall::new(Handle::Borrowed(&self.inner), key, make)
+        TryCall::new(Handle::Borrowed(&self.inner), KeyArg::borrowed(key), make)
     }
 
     /// Like [`Group::try_call`], in a `'static` future (see
@@ -261,17 +293,161 @@ where
     /// ```
     /// # futures::executor::block_on(async {
     /// let group = singleflight::future::Group::<u8, u8>::new();
-    /// let call = group.try_call_owned(1, || async { 2 });
+    /// let call = group.try_call_owned(1, || async { Ok::<_, std::io::Error>(2) });
     /// drop(group); // the call holds the group
     /// assert_eq!(call.await.unwrap().value, 2);
     /// # });
     /// ```
-    pub fn try_call_owned<F, Fut>(&self, key: K, make: F) -> TryCall<'static, K, T, S, F>
+    pub fn try_call_owned<E, F, Fut>(&self, key: K, make: F) -> TryCall<'static, K, K, T, E, S, F>
+    where
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        TryCall::new(self.owned(), KeyArg::Owned(key), make)
+    }
+
+    /// Like [`Group::call`], but every way the call can end without a
+    /// value is an [`Error`](crate::Error): the work panicked or the waiter
+    /// cap refused the call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use singleflight::Error;
+    ///
+    /// let group = singleflight::future::Group::<String, u8>::new();
+    /// assert_eq!(group.call_checked("k", || async { 1 }).await.unwrap().value, 1);
+    /// let out = group.call_checked("k", || async { panic!("boom") }).await;
+    /// assert!(matches!(out, Err(Error::Panicked(p)) if p.message() == "boom"));
+    /// # });
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Group::call`].
+    ///
+    /// # Panics
+    ///
+    /// Only if `T::clone` panics, for the caller whose clone it was, or
+    /// when awaited inside the work of `key`'s own flight.
+    pub fn call_checked<'a, Q, F, Fut>(&'a self, key: &'a Q, make: F) -> Checked<'a, K, Q, T, S, F>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        Checked::new(Handle::Borrowed(&self.inner), KeyArg::borrowed(key), make)
+    }
+
+    /// Like [`Group::call_checked`], in a `'static` future (see
+    /// [`Group::call_owned`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// let group = singleflight::future::Group::<u8, u8>::new();
+    /// let call = group.call_checked_owned(1, || async { 2 });
+    /// assert_eq!(call.await.unwrap().value, 2);
+    /// # });
+    /// ```
+    pub fn call_checked_owned<F, Fut>(&self, key: K, make: F) -> Checked<'static, K, K, T, S, F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
-        TryCall::new(Handle::Owned(StdArc::clone(&self.inner)), key, make)
+        Checked::new(self.owned(), KeyArg::Owned(key), make)
+    }
+
+    /// Like [`Group::call_checked`], but gives up with
+    /// [`Error::Timeout`](crate::Error::Timeout) when `deadline` completes
+    /// first; any executor's timer fits. The caller leaves as if dropped:
+    /// the flight goes on for its other callers, and is cancelled only if
+    /// nobody else waits (or handed to the spawner, with
+    /// [`Builder::detach`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use singleflight::Error;
+    ///
+    /// let group = singleflight::future::Group::<String, u8>::new();
+    /// let never = std::future::pending::<u8>();
+    /// let out = group.call_until("k", || never, async {}).await;
+    /// assert!(matches!(out, Err(Error::Timeout)));
+    /// assert!(group.is_empty()); // nobody else waited: the work was dropped
+    /// # });
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Group::call`]; the deadline future is dropped with it.
+    ///
+    /// # Panics
+    ///
+    /// As [`Group::call_checked`].
+    pub fn call_until<'a, Q, F, Fut, D>(
+        &'a self,
+        key: &'a Q,
+        make: F,
+        deadline: D,
+    ) -> Until<'a, K, Q, T, S, F, D>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        D: Future,
+    {
+        Until::new(self.call_checked(key, make), deadline)
+    }
+
+    /// [`Group::call_until`] with a tokio timer of `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::future::Group::<String, u8>::new();
+    /// let out = group.call_with_timeout("k", Duration::from_secs(1), || async { 5 }).await;
+    /// assert_eq!(out.unwrap().value, 5);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Group::call`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with the time driver enabled; otherwise as
+    /// [`Group::call_checked`].
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn call_with_timeout<'a, Q, F, Fut>(
+        &'a self,
+        key: &'a Q,
+        timeout: Duration,
+        make: F,
+    ) -> Until<'a, K, Q, T, S, F, tokio::time::Sleep>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        self.call_until(key, make, tokio::time::sleep(timeout))
+    }
+
+    fn owned(&self) -> Handle<'static, K, T, S> {
+        Handle::Owned(StdArc::clone(&self.inner))
     }
 
     /// Forgets the flight in progress for `key`, if any: callers already
@@ -289,8 +465,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.inner.hasher.hash_one(key);
-        self.inner.table.lock(hash).forget(hash, key)
+        self.inner.engine.forget(key)
     }
 
     /// Whether a flight for `key` is in progress (and not forgotten).
@@ -306,8 +481,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.inner.hasher.hash_one(key);
-        self.inner.table.lock(hash).contains(hash, key)
+        self.inner.engine.contains(key)
     }
 
     /// The number of callers waiting on the flight in progress for `key`,
@@ -328,12 +502,34 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.inner.hasher.hash_one(key);
-        let table = self.inner.table.lock(hash);
-        table
-            .live(hash, key)
-            .and_then(|slot| slot.flight.as_ref())
-            .map_or(0, |flight| lock(&flight.state).callers.saturating_sub(1))
+        self.inner.engine.waiters(key)
+    }
+
+    /// Drops the memo's value for `key` and forgets its flight in progress,
+    /// if any: that flight's callers still get its value, but it will not
+    /// write the memo, so nothing computed before this call is served after
+    /// it. Returns whether there was a value or a flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::future::Group::<String, u8>::builder()
+    ///     .memo_all(Duration::from_secs(60))
+    ///     .build();
+    /// group.call("k", || async { 1 }).await;
+    /// assert!(group.invalidate("k"));
+    /// assert_eq!(group.call("k", || async { 2 }).await.value, 2);
+    /// # });
+    /// ```
+    pub fn invalidate<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.engine.invalidate(key)
     }
 }
 
@@ -388,337 +584,59 @@ impl<K, T, S> Builder<K, T, S> {
         self.group.spawner = Some(StdArc::new(spawner));
         self
     }
+
+    /// Past its TTL, a value is still served ([`Source::Stale`](crate::Source::Stale))
+    /// for `grace` while one background refresh runs on the spawner; a
+    /// failed refresh leaves the stale value in place until the grace ends.
+    /// Needs a memo and [`Builder::detach`]: [`Builder::build`] refuses it
+    /// without them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "tokio")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use singleflight::future::{Group, TokioSpawner};
+    ///
+    /// let group = Group::<String, u8>::builder()
+    ///     .memo_all(Duration::from_secs(30))
+    ///     .stale_while_revalidate(Duration::from_secs(300))
+    ///     .detach(TokioSpawner::current())
+    ///     .build();
+    /// assert_eq!(group.call("k", || async { 1 }).await.value, 1);
+    /// # }
+    /// # #[cfg(not(feature = "tokio"))]
+    /// # fn main() {}
+    /// ```
+    pub fn stale_while_revalidate(mut self, grace: Duration) -> Self {
+        self.settings.grace = grace;
+        self
+    }
 }
 
 impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
     /// The group.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::future::Group::<String, u8>::builder().build();
+    /// assert!(group.is_empty());
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When a setting would do nothing, with a message that names it and
+    /// the fix: `negative_ttl`, `capacity`, `clock` or
+    /// `stale_while_revalidate` without a memo, `stale_while_revalidate`
+    /// without `detach`, and `failure_if` with neither a memo nor
+    /// `ErrorPolicy::RetryOnce`.
+    #[track_caller]
     pub fn build(self) -> Group<K, T, S> {
         let spawner = self.group.spawner;
         let policy = self.settings.build(spawner.is_some());
-        Group {
-            inner: StdArc::new(Inner {
-                table: Shards::new(),
-                hasher: self.hasher,
-                spawner,
-                policy,
-            }),
-        }
-    }
-}
-
-/// Where a call stands after looking its key up.
-pub(crate) enum Joined<T, F> {
-    /// It started a new flight and drives its work.
-    Lead(Lead<T>),
-    /// It joined the flight in progress; keeps `make` for a retry.
-    Follow {
-        flight: Arc<Flight<T>>,
-        hash: u64,
-        id: u64,
-        make: Option<F>,
-        /// The flight's span, to follow from (feature `tracing`).
-        #[cfg(feature = "tracing")]
-        span: Option<tracing::Id>,
-    },
-    /// Past the waiter cap: it runs its own work, alone.
-    Own(Work<T>),
-    /// It started a new flight, but `make` panicked.
-    Failed(Result<Outcome<T>, Panicked>),
-    /// Answered without a flight (memo), or refused.
-    Ready(Result<Outcome<T>, Error>),
-}
-
-impl<K, T, S> Inner<K, T, S>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-{
-    /// Joins the flight for `key`, or starts one with `make`.
-    pub(crate) fn join<F, Fut>(self: &StdArc<Self>, key: K, make: F) -> Joined<T, F>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = T> + Send + 'static,
-    {
-        if let Some(policy) = &self.policy {
-            return self.join_policed(policy, key, make);
-        }
-        let hash = self.hasher.hash_one(&key);
-        let mut table = self.table.lock(hash);
-        if let Some(slot) = table.live_mut(hash, &key) {
-            let id = slot.id();
-            #[cfg(feature = "tracing")]
-            let span = slot.span.clone();
-            let flight = Arc::clone(
-                slot.flight
-                    .get_or_insert_with(|| Arc::new(Flight::joined())),
-            );
-            lock(&flight.state).callers += 1;
-            drop(table);
-            return Joined::Follow {
-                flight,
-                hash,
-                id,
-                make: None,
-                #[cfg(feature = "tracing")]
-                span,
-            };
-        }
-        let id = table.insert(hash, key, &self.hasher);
-        drop(table);
-        match self.make_work(make, hash, id) {
-            Ok(lead) => Joined::Lead(lead),
-            Err(result) => Joined::Failed(result),
-        }
-    }
-
-    /// Calls `make` for flight `id`; if it panics, ends the flight with it.
-    pub(crate) fn make_work<F, Fut>(
-        &self,
-        make: F,
-        hash: u64,
-        id: u64,
-    ) -> Result<Lead<T>, Result<Outcome<T>, Panicked>>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = T> + Send + 'static,
-    {
-        #[cfg(feature = "tracing")]
-        let make = {
-            use tracing::Instrument as _;
-            // The flight's span, recorded in its slot for the waiters to
-            // follow from. A waiter that joins before it is recorded (the
-            // instant between the slot's insertion and this) is not linked.
-            let span = tracing::info_span!("singleflight.flight", flight.id = id);
-            if let Some(span_id) = span.id()
-                && let Some(slot) = self.table.lock(hash).get_mut(hash, id)
-            {
-                slot.span = Some(span_id);
-            }
-            move || {
-                let work = span.in_scope(make);
-                work.instrument(span)
-            }
-        };
-        let made =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Box::pin(make()) as Work<T>));
-        match made {
-            Ok(work) => Ok(Lead { work, hash, id }),
-            Err(payload) => Err(self.finish(hash, id, Err(payload))),
-        }
-    }
-
-    /// Counts `event`, if metrics are on.
-    #[inline]
-    pub(crate) fn count(&self, event: Event) {
-        if let Some(policy) = &self.policy {
-            policy.count(event);
-        }
-    }
-
-    /// Moves `gauge` by `delta`, if metrics are on.
-    #[inline]
-    pub(crate) fn gauge(&self, gauge: Gauge, delta: i64) {
-        if let Some(policy) = &self.policy {
-            policy.gauge(gauge, delta);
-        }
-    }
-
-    /// Ends flight `id` with `result`: frees its key and hands the result to
-    /// every caller still waiting.
-    pub(crate) fn finish(
-        &self,
-        hash: u64,
-        id: u64,
-        result: std::thread::Result<T>,
-    ) -> Result<Outcome<T>, Panicked> {
-        if let Some(policy) = &self.policy {
-            return self.finish_policed(policy, hash, id, result);
-        }
-        let slot = self.table.lock(hash).remove(hash, id);
-        let flight = slot.and_then(|slot| slot.flight);
-        crate::settle::settle(result, flight.as_deref())
-    }
-
-    /// The driver of flight `lead` was dropped before the work ended: hand
-    /// the work to a waiting caller, or to the spawner, or cancel it.
-    ///
-    /// `may_detach` is false for a detached driver, which is only dropped when
-    /// its executor shuts down: handing it back would loop.
-    pub(crate) fn abandon(self: &StdArc<Self>, lead: Lead<T>, may_detach: bool) {
-        let Lead { work, hash, id } = lead;
-        let mut table = self.table.lock(hash);
-        let Some(slot) = table.get_mut(hash, id) else {
-            return;
-        };
-        let Some(flight) = slot.flight.clone() else {
-            // Nobody ever joined: we were its only caller.
-            return self.detach_or_cancel(table, None, Lead { work, hash, id }, may_detach);
-        };
-        let mut state = lock(&flight.state);
-        if state.callers == 1 {
-            drop(state);
-            return self.detach_or_cancel(
-                table,
-                Some(&flight),
-                Lead { work, hash, id },
-                may_detach,
-            );
-        }
-        state.callers -= 1;
-        state.orphan = Some(work);
-        let heir = state.heir();
-        drop(state);
-        drop(table);
-        if let Some(heir) = heir {
-            heir.wake();
-        }
-    }
-
-    /// Flight `lead` has lost its last caller while its work was unfinished:
-    /// hand the work to the spawner, where the flight stays in the table with
-    /// the detached driver as its one caller, or cancel it: its slot leaves
-    /// the table at once and the work is dropped once the lock is released.
-    ///
-    /// `may_detach` is false for a detached driver, which is only dropped when
-    /// its executor shuts down: handing it back would loop.
-    fn detach_or_cancel(
-        self: &StdArc<Self>,
-        mut table: MutexGuard<'_, Table<K, Arc<Flight<T>>>>,
-        flight: Option<&Arc<Flight<T>>>,
-        lead: Lead<T>,
-        may_detach: bool,
-    ) {
-        match &self.spawner {
-            Some(spawner) if may_detach => {
-                if let Some(flight) = flight {
-                    lock(&flight.state).callers = 1;
-                }
-                drop(table);
-                spawner.spawn(Detached::new(DetachedLead::new(StdArc::clone(self), lead)));
-            }
-            _ => {
-                let removed = table.remove(lead.hash, lead.id);
-                drop(table);
-                self.count(Event::Cancellation);
-                self.gauge(Gauge::Flights, -1);
-                drop(removed);
-                drop(lead);
-            }
-        }
-    }
-
-    /// A follower of `flight` was dropped before receiving its result.
-    pub(crate) fn leave(
-        self: &StdArc<Self>,
-        flight: &Arc<Flight<T>>,
-        hash: u64,
-        id: u64,
-        waiter: Option<usize>,
-    ) {
-        let mut table = self.table.lock(hash);
-        let mut state = lock(&flight.state);
-        if flight.result.get().is_some() {
-            // Ended: `publish` took the waiters; nothing to undo.
-            return;
-        }
-        if let Some(waiter) = waiter {
-            state.waiters.try_remove(waiter);
-        }
-        state.callers -= 1;
-        if state.callers > 0 {
-            // If the work (or a retry) is waiting for a follower to pick it
-            // up, we may have been the one woken for it: pass the turn on.
-            let heir = if state.orphan.is_some() || state.retry {
-                state.heir()
-            } else {
-                None
-            };
-            drop(state);
-            drop(table);
-            if let Some(heir) = heir {
-                heir.wake();
-            }
-            return;
-        }
-        // We were the last caller, so the driver is gone and the work orphaned
-        // (or a retry is open that nobody is left to run).
-        let Some(work) = state.orphan.take() else {
-            if state.retry {
-                state.retry = false;
-                drop(state);
-                let removed = table.remove(hash, id);
-                drop(table);
-                self.gauge(Gauge::Flights, -1);
-                drop(removed);
-            }
-            return;
-        };
-        drop(state);
-        self.detach_or_cancel(table, Some(flight), Lead { work, hash, id }, true);
-    }
-}
-
-/// A flight run by the spawner after its every caller was dropped.
-pub(super) struct DetachedLead<K, T, S>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-{
-    inner: StdArc<Inner<K, T, S>>,
-    lead: Option<Lead<T>>,
-}
-
-impl<K, T, S> DetachedLead<K, T, S>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-{
-    pub(super) fn new(inner: StdArc<Inner<K, T, S>>, lead: Lead<T>) -> Self {
-        Self {
-            inner,
-            lead: Some(lead),
-        }
-    }
-}
-
-impl<K, T, S> Future for DetachedLead<K, T, S>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-{
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        let Some(lead) = self.lead.as_mut() else {
-            return std::task::Poll::Ready(());
-        };
-        let result = std::task::ready!(lead.poll_work(cx));
-        if let Some(lead) = self.lead.take() {
-            let (hash, id) = (lead.hash, lead.id);
-            drop(lead);
-            // Nobody to re-raise a panic for: followers get it, the hook printed it.
-            drop(self.inner.finish(hash, id, result));
-        }
-        std::task::Poll::Ready(())
-    }
-}
-
-impl<K, T, S> Drop for DetachedLead<K, T, S>
-where
-    K: Hash + Eq + Send + Sync + 'static,
-    T: Clone + Send + Sync + 'static,
-    S: BuildHasher + Send + Sync + 'static,
-{
-    fn drop(&mut self) {
-        if let Some(lead) = self.lead.take() {
-            self.inner.abandon(lead, false);
-        }
+        Group::from_parts(self.hasher, spawner, policy)
     }
 }

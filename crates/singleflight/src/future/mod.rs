@@ -4,11 +4,14 @@
 //! abandoned flights to one so they finish anyway (see
 //! [`Builder::detach`]).
 
+// Modules from the bottom up: `flight` (a flight's state), `driver` (runs
+// and hands over the work), `call` and `deadline` (the futures), `group`
+// (the entry points); each uses only those before it.
 mod call;
 mod deadline;
+mod driver;
 mod flight;
 mod group;
-mod policy;
 mod spawn;
 
 pub use call::{Call, TryCall};

@@ -80,7 +80,7 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     /// # drop(group);
     /// ```
     pub fn capacity(mut self, entries: usize) -> Self {
-        self.settings.capacity = entries;
+        self.settings.capacity = Some(entries);
         self
     }
 

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::Time;
+use crate::engine::Returned;
 
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
@@ -28,14 +29,14 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 /// period is the expiry plus the memo's grace (none for a failure).
 #[derive(Clone)]
 pub(crate) struct Entry<T> {
-    value: T,
+    value: Returned<T>,
     /// Nanoseconds on the group's `Time`, lowest bit cleared, when it stops
     /// being fresh; the lowest bit is set for a failure.
     stamp: u64,
 }
 
 impl<T> Entry<T> {
-    fn new(value: T, fresh_until: u64, failure: bool) -> Self {
+    fn new(value: Returned<T>, fresh_until: u64, failure: bool) -> Self {
         Self {
             value,
             stamp: (fresh_until & !1) | u64::from(failure),
@@ -70,9 +71,9 @@ impl<K, T> Lifecycle<K, Entry<T>> for Defer {
 /// What the memo holds for a key, as of a given time.
 pub(crate) enum Lookup<T> {
     /// Within its TTL.
-    Fresh(T),
+    Fresh(Returned<T>),
     /// Past its TTL, within its grace period.
-    Stale(T),
+    Stale(Returned<T>),
     /// Nothing servable.
     Miss,
 }
@@ -121,7 +122,11 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
     /// The value for `key` if it is fresh at `now`: the hit path, which
     /// reads no write count (a miss looks again with [`Memo::lookup`]).
     #[inline]
-    pub(crate) fn fresh(&self, key: &K, now: u64) -> Option<T> {
+    pub(crate) fn fresh<Q>(&self, key: &Q, now: u64) -> Option<Returned<T>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.cache.get(key) {
             Some(entry) if now < entry.fresh_until() => Some(entry.value),
             _ => None,
@@ -131,7 +136,11 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
     /// What the memo holds for `key` at `now`, and the write count read
     /// just before looking (to compare under the table lock on a miss).
     #[inline]
-    pub(crate) fn lookup(&self, key: &K, now: u64) -> (Lookup<T>, u64) {
+    pub(crate) fn lookup<Q>(&self, key: &Q, now: u64) -> (Lookup<T>, u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let writes = self.writes.load(Ordering::Acquire);
         let lookup = match self.cache.get(key) {
             Some(entry) if now < entry.fresh_until() => Lookup::Fresh(entry.value),
@@ -144,7 +153,13 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
     /// Stores `value`, the result of a flight for `key` that ended at `now`
     /// (cloned by the caller before locking). Call with the table lock held;
     /// drop what it returns after releasing it.
-    pub(crate) fn store(&self, key: K, value: T, failure: bool, now: u64) -> Dropped<K, T> {
+    pub(crate) fn store(
+        &self,
+        key: K,
+        value: Returned<T>,
+        failure: bool,
+        now: u64,
+    ) -> Dropped<K, T> {
         let mut dropped = Vec::new();
         let ttl = if failure {
             let Some(ttl) = self.negative_ttl else {

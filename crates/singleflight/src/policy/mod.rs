@@ -31,6 +31,7 @@ pub(crate) mod memo;
 pub(crate) mod metrics;
 mod tick;
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
 use std::ops::DerefMut;
@@ -44,8 +45,8 @@ pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{METRIC_NAMES, Stats};
 
-use crate::table::Table;
-use crate::{Outcome, Source};
+use crate::Source;
+use crate::engine::{Accepts, Ended, Received, Returned, Table, answer};
 use memo::{Lookup, Memo};
 use metrics::{Event, Gauge, Metrics};
 
@@ -64,11 +65,14 @@ use metrics::{Event, Gauge, Metrics};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Overflow {
-    /// Fail at once with [`Error::TooManyWaiters`](crate::Error::TooManyWaiters)
-    /// (from the checked entry points; `call` and `try_call` panic).
+    /// The checked entry points (`call_checked`, `call_with_timeout`,
+    /// `call_until`) fail at once with
+    /// [`Error::TooManyWaiters`](crate::Error::TooManyWaiters). `call` and
+    /// `try_call`, which have no such error to return, run the caller's own
+    /// work instead, as [`Overflow::RunOwn`] does.
     Refuse,
     /// Run the caller's own work, alone: not shared, not memoised; its
-    /// [`Outcome::source`] is [`Source::Bypass`].
+    /// [`Outcome::source`](crate::Outcome::source) is [`Source::Bypass`].
     RunOwn,
 }
 
@@ -154,7 +158,8 @@ pub(crate) struct Settings<T> {
     pub(crate) ttl: Option<Duration>,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) grace: Duration,
-    pub(crate) capacity: usize,
+    /// `None`: [`DEFAULT_CAPACITY`].
+    pub(crate) capacity: Option<usize>,
     /// Set by `failure_if`.
     pub(crate) failure: Option<Classifier<T>>,
     /// `Fallible::is_failure`, set by `memo`; `failure` takes precedence.
@@ -175,7 +180,7 @@ impl<T> Default for Settings<T> {
             ttl: None,
             negative_ttl: None,
             grace: Duration::ZERO,
-            capacity: DEFAULT_CAPACITY,
+            capacity: None,
             failure: None,
             fallible: None,
             error_policy: ErrorPolicy::Share,
@@ -205,24 +210,32 @@ impl<T> Settings<T> {
     }
 
     /// The policies, or `None` when every one is off (the plain path).
-    pub(crate) fn build<K>(self, swr: bool) -> Option<Box<Policies<K, T>>>
+    /// `spawner`: the group has one (the async group's `detach`).
+    ///
+    /// # Panics
+    ///
+    /// When a setting would do nothing: a programming error, named with its
+    /// fix, caught by the first test that builds the group.
+    #[track_caller]
+    pub(crate) fn build<K>(self, spawner: bool) -> Option<Box<Policies<K, T>>>
     where
         K: Hash + Eq,
         T: Clone,
     {
+        self.check(spawner);
         let failure = self.failure.or(self.fallible);
-        let retry_once = self.error_policy == ErrorPolicy::RetryOnce && failure.is_some();
+        let retry_once = self.error_policy == ErrorPolicy::RetryOnce;
         let (memo, time) = match self.ttl {
             Some(ttl) => {
-                let grace = if swr { self.grace } else { Duration::ZERO };
                 let time = self.clock.map_or_else(
-                    || Time::ticking(tick_period(ttl, self.negative_ttl, grace)),
+                    || Time::ticking(tick_period(ttl, self.negative_ttl, self.grace)),
                     Time::custom,
                 );
-                let memo = Memo::new(self.capacity, ttl, self.negative_ttl, grace);
+                let capacity = self.capacity.unwrap_or(DEFAULT_CAPACITY);
+                let memo = Memo::new(capacity, ttl, self.negative_ttl, self.grace);
                 (Some(memo), time)
             }
-            None => (None, self.clock.map_or_else(Time::precise, Time::custom)),
+            None => (None, Time::precise()),
         };
         if memo.is_none()
             && !retry_once
@@ -241,6 +254,45 @@ impl<T> Settings<T> {
             metrics: self.metrics.as_deref().map(Metrics::new),
             time,
         }))
+    }
+
+    /// Refuses the settings that would do nothing.
+    #[track_caller]
+    fn check(&self, spawner: bool) {
+        let memo = self.ttl.is_some();
+        let refuse = |setting: &str, why: &str, fix: &str| -> ! {
+            panic!("singleflight: `{setting}` {why}; {fix}")
+        };
+        let no_memo = "needs a memo, and this group has none";
+        let add_memo = "add `.memo(ttl)` or `.memo_all(ttl)`, or remove it";
+        if !memo {
+            if self.negative_ttl.is_some() {
+                refuse("negative_ttl", no_memo, add_memo);
+            }
+            if self.capacity.is_some() {
+                refuse("capacity", no_memo, add_memo);
+            }
+            if self.clock.is_some() {
+                refuse("clock", "times the memo, and this group has none", add_memo);
+            }
+            if !self.grace.is_zero() {
+                refuse("stale_while_revalidate", no_memo, add_memo);
+            }
+        }
+        if !self.grace.is_zero() && !spawner {
+            refuse(
+                "stale_while_revalidate",
+                "refreshes in the background, and this group has no spawner to run the refresh",
+                "add `.detach(spawner)` (for tokio, `.detach(TokioSpawner::current())`), or remove it",
+            );
+        }
+        if self.failure.is_some() && !memo && self.error_policy == ErrorPolicy::Share {
+            refuse(
+                "failure_if",
+                "tells failures apart for the memo's negative TTL and for `ErrorPolicy::RetryOnce`, and this group has neither",
+                "add `.memo(ttl)`, `.memo_all(ttl)` or `.error_policy(ErrorPolicy::RetryOnce)`, or remove it",
+            );
+        }
     }
 }
 
@@ -284,19 +336,6 @@ pub(crate) struct Policies<K, T> {
 }
 
 impl<K, T> Policies<K, T> {
-    /// Policies with everything off, for a deadline on a plain group.
-    pub(crate) fn plain() -> Self {
-        Self {
-            memo: None,
-            failure: None,
-            retry_once: false,
-            timeout: None,
-            cap: None,
-            metrics: None,
-            time: Time::precise(),
-        }
-    }
-
     pub(crate) fn is_failure(&self, value: &T) -> bool {
         self.failure.as_ref().is_some_and(|f| f(value))
     }
@@ -333,20 +372,34 @@ impl<K, T> Policies<K, T> {
 }
 
 impl<K: Hash + Eq, T: Clone> Policies<K, T> {
-    /// A fresh memoised value for `key`, counted as a hit: the whole hit
-    /// path, kept small enough to inline into the groups' calls.
+    /// A fresh memoised answer for `key` that the caller `accepts`, counted
+    /// as a hit: the whole hit path, kept small enough to inline into the
+    /// groups' calls. On `None` the call is not counted: the miss path
+    /// counts it.
     #[inline]
-    /// On `None` the call is not counted: the miss path counts it.
-    pub(crate) fn hit(&self, key: &K) -> Option<Outcome<T>> {
+    pub(crate) fn hit<Q>(&self, key: &Q, accepts: Accepts) -> Option<Received<T>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let value = self.memo.as_ref()?.fresh(key, self.now())?;
+        if let Err(error) = &value
+            && !accepts(error)
+        {
+            return None;
+        }
         self.count(Event::Call);
         self.count(Event::MemoHit);
-        Some(Outcome::from(value, true, Source::Memo))
+        Some(answer(value, Source::Memo))
     }
 
     /// The memo's answer for `key`, and its write count (see `Memo::lookup`).
     #[inline]
-    pub(crate) fn lookup(&self, key: &K) -> (Lookup<T>, Option<u64>) {
+    pub(crate) fn lookup<Q>(&self, key: &Q) -> (Lookup<T>, Option<u64>)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match &self.memo {
             Some(memo) => {
                 let (lookup, writes) = memo.lookup(key, self.now());
@@ -361,21 +414,28 @@ impl<K: Hash + Eq, T: Clone> Policies<K, T> {
 /// taken: whether it is a failure, and the memo's copy of it.
 pub(crate) struct Ending<T> {
     pub(crate) failure: bool,
-    copy: Option<(T, u64)>,
+    copy: Option<(Returned<T>, u64)>,
 }
 
 impl<K: Hash + Eq, T: Clone> Policies<K, T> {
     /// Classifies a flight's result and copies it for the memo. Call before
     /// taking the table lock: user `Clone` never runs under it, and a
     /// panicking `Clone` costs the memo entry, never the flight's end.
-    pub(crate) fn ending(&self, result: &std::thread::Result<T>) -> Ending<T> {
-        let failure = result.as_ref().is_ok_and(|value| self.is_failure(value));
-        let copy = match (&self.memo, result) {
-            (Some(_), Ok(value)) => {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.clone()))
-                    .ok()
-                    .map(|copy| (copy, self.now()))
+    pub(crate) fn ending(&self, ended: &Ended<T>) -> Ending<T> {
+        let (failure, copy) = match ended {
+            Ended::Returned(Ok(value)) => {
+                let copy = self.memo.as_ref().and_then(|_| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.clone())).ok()
+                });
+                (self.is_failure(value), copy.map(Ok))
             }
+            // The error of fallible work is a failure, kept only for the
+            // negative TTL; every caller shares its one `Arc`.
+            Ended::Returned(Err(error)) => (true, Some(Err(Arc::clone(error)))),
+            Ended::Panicked(_) => (false, None),
+        };
+        let copy = match (&self.memo, copy) {
+            (Some(_), Some(copy)) => Some((copy, self.now())),
             _ => None,
         };
         Ending { failure, copy }

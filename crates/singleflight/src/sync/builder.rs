@@ -28,7 +28,7 @@ impl<K, T, S> Builder<K, T, S> {
     /// let group = singleflight::sync::Group::<&str, u8>::builder()
     ///     .timeout(Duration::from_millis(250))
     ///     .build();
-    /// assert_eq!(group.call_checked("k", || 1).unwrap().value, 1);
+    /// assert_eq!(group.call_checked(&"k", || 1).unwrap().value, 1);
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.settings.timeout = Some(timeout);
@@ -45,9 +45,15 @@ impl<K: Hash + Eq, T: Clone, S> Builder<K, T, S> {
     /// let group = singleflight::sync::Group::<&str, u8>::builder().build();
     /// assert!(group.is_empty());
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// When a setting would do nothing, with a message that names it and
+    /// the fix: `negative_ttl`, `capacity` or `clock` without a memo, and
+    /// `failure_if` with neither a memo nor `ErrorPolicy::RetryOnce`.
+    #[track_caller]
     pub fn build(self) -> Group<K, T, S> {
-        let mut group = Group::with_hasher(self.hasher);
-        group.policy = self.settings.build(false);
-        group
+        let policy = self.settings.build(false);
+        Group::from_parts(self.hasher, policy)
     }
 }

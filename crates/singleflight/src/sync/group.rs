@@ -1,26 +1,28 @@
-// The blocking group.
+// The blocking group: a front-end over the flight engine that runs the work
+// on the calling thread and parks followers on the flight's state.
 //
-// Invariants (see also `table.rs`):
-// - The table lock is held only for lookups and updates of the table, never
-//   while the work, `Clone` or a key's `Drop` runs.
-// - Only a flight's leader removes its slot, and it always does, panic or
-//   not; that removal and the check for followers happen under one lock, so
-//   a follower either joined before it (and gets the published result) or
-//   arrives after it (and starts a new flight).
+// Invariants (see also `engine/mod.rs` and `flight.rs`):
+// - Every caller that joins ends in exactly one of: the flight's end, a
+//   claimed retry (it then drives), or `leave` (its deadline passed).
+// - The driver always ends its flight with `finish`, panic or not: the work
+//   runs under `catch_unwind`.
 
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::builder::Builder;
-use super::flight::Flight;
-use crate::loom::sync::Arc;
-use crate::policy::Policies;
-use crate::settle::{received, settle};
-use crate::table::Shards;
-use crate::{Outcome, Panicked};
+use super::flight::{Flight, Waited};
+use crate::engine::{
+    Accepts, Ended, Engine, ErrorObject, Following, Joined, KeyArg, Received, Returned, Stop,
+    Ticket, accepts, accepts_none, received,
+};
+use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Overflow, Policies, Stats};
+use crate::{Error, Outcome, Panicked, Source};
 
 /// Coalesces concurrent calls for the same key on threads: the work runs once
 /// and every caller gets its result. This is Go's `singleflight.Group`.
@@ -29,13 +31,15 @@ use crate::{Outcome, Panicked};
 /// it runs the work on its own thread. Calls that arrive for the same key
 /// while it runs are *followers*: they sleep until it ends and receive a clone
 /// of its value. A call that arrives after the flight ended starts a new one;
-/// nothing is remembered.
+/// nothing is remembered unless the group has a memo.
 ///
-/// Keys are looked up by any borrowed form (`&str` for `String` keys), with
-/// the hasher `S`. `T` must be `Clone` (wrap it in an [`Arc`](std::sync::Arc)
-/// when cloning is dear) and `Send + Sync`, as it is shared between threads.
-/// Errors are values: use `T = Result<V, E>` with a cloneable `E` and every
-/// caller of a failed flight receives the error.
+/// Calls take the key by reference (`&str` for `String` keys, as
+/// `HashMap::get` does): it is cloned into the group only when the call
+/// starts a flight, so a call that joins one, or that the memo answers,
+/// allocates nothing for its key. `T` must be `Clone` (wrap it in an
+/// [`Arc`] when cloning is dear) and `Send + Sync`, as it is shared between
+/// threads. Fallible work goes through [`Group::try_call`], whose error
+/// needs no `Clone`.
 ///
 /// # Concurrent calls on the same key
 ///
@@ -56,7 +60,7 @@ use crate::{Outcome, Panicked};
 ///         let (group, executions, barrier) = (group.clone(), executions.clone(), barrier.clone());
 ///         thread::spawn(move || {
 ///             barrier.wait();
-///             group.call("status".to_string(), || {
+///             group.call("status", || {
 ///                 executions.fetch_add(1, Ordering::SeqCst);
 ///                 thread::sleep(Duration::from_millis(100)); // a slow upstream
 ///                 "200 OK".to_string()
@@ -78,11 +82,7 @@ use crate::{Outcome, Panicked};
 ///
 /// prints eight times `status: 200 OK, shared: true`.
 pub struct Group<K, T, S = RandomState> {
-    pub(super) table: Shards<K, Arc<Flight<T>>>,
-    pub(super) hasher: S,
-    /// `None` unless the builder turned a policy on: the plain path pays one
-    /// branch on it per call.
-    pub(super) policy: Option<Box<Policies<K, T>>>,
+    engine: Engine<K, T, S, Flight<T>>,
 }
 
 impl<K, T> Group<K, T, RandomState> {
@@ -110,8 +110,8 @@ impl<K, T> Group<K, T, RandomState> {
     ///     .memo_all(Duration::from_secs(5))
     ///     .capacity(1_000)
     ///     .build();
-    /// assert_eq!(group.call("k".to_string(), || 1).value, 1);
-    /// assert_eq!(group.call("k".to_string(), || 2).value, 1); // from the memo
+    /// assert_eq!(group.call("k", || 1).value, 1);
+    /// assert_eq!(group.call("k", || 2).value, 1); // from the memo
     /// ```
     pub fn builder() -> Builder<K, T, RandomState> {
         Builder::new(RandomState::new(), super::builder::Blocking)
@@ -136,24 +136,41 @@ impl<K, T, S> Group<K, T, S> {
     /// let group = singleflight::sync::Group::<u64, u64, _>::with_hasher(
     ///     BuildHasherDefault::<DefaultHasher>::default(),
     /// );
-    /// assert_eq!(group.call(1, || 2).value, 2);
+    /// assert_eq!(group.call(&1, || 2).value, 2);
     /// ```
     pub fn with_hasher(hasher: S) -> Self {
+        Self::from_parts(hasher, None)
+    }
+
+    pub(super) fn from_parts(hasher: S, policy: Option<Box<Policies<K, T>>>) -> Self {
         Self {
-            table: Shards::new(),
-            hasher,
-            policy: None,
+            engine: Engine::new(hasher, policy),
         }
     }
 
     /// The number of flights in progress (forgotten ones included, until they end).
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.engine.len()
     }
 
     /// Whether no flight is in progress.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A snapshot of the group's counters, or `None` unless the builder
+    /// turned metrics on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<u8, u8>::builder().metrics("g").build();
+    /// group.call(&1, || 1);
+    /// assert_eq!(group.stats().unwrap().calls, 1);
+    /// assert!(singleflight::sync::Group::<u8, u8>::new().stats().is_none());
+    /// ```
+    pub fn stats(&self) -> Option<Stats> {
+        self.engine.policy().and_then(Policies::stats)
     }
 }
 
@@ -175,9 +192,9 @@ where
     /// # Examples
     ///
     /// ```
-    /// let group = singleflight::sync::Group::<&str, Result<u16, String>>::new();
-    /// let out = group.call("status", || Ok(200));
-    /// assert_eq!(out.value, Ok(200));
+    /// let group = singleflight::sync::Group::<String, u16>::new();
+    /// let out = group.call("status", || 200);
+    /// assert_eq!(out.value, 200);
     /// assert!(!out.shared);
     /// ```
     ///
@@ -186,73 +203,275 @@ where
     /// When `work` panics, every caller of that flight panics: the leader with
     /// the original payload, the followers with its message as a `String`.
     /// The key is freed first and the group stays usable: the next call runs
-    /// afresh. [`Group::try_call`] returns the panic as an error instead.
+    /// afresh. [`Group::call_checked`] returns the panic as a value instead.
     ///
-    /// With a waiter cap set to [`Overflow::Refuse`](crate::policy::Overflow::Refuse),
-    /// when the cap is reached; use [`Group::call_checked`] to get
-    /// [`Error::TooManyWaiters`](crate::Error::TooManyWaiters) instead. The
-    /// builder's `timeout` does not apply here (it does in `call_checked`).
+    /// When called for `key` from inside the work of `key`'s own flight
+    /// (which would otherwise wait for itself forever).
     ///
-    /// Calling the group for the *same* key from inside `work` deadlocks, as
-    /// the call waits for the flight that is waiting for it.
-    pub fn call<F>(&self, key: K, work: F) -> Outcome<T>
+    /// No policy makes `call` panic: past a waiter cap set to
+    /// [`Overflow::Refuse`], it runs its own work, alone
+    /// ([`Source::Bypass`]); [`Group::call_checked`] returns
+    /// [`Error::TooManyWaiters`] instead. The builder's `timeout` applies
+    /// to `call_checked` only.
+    #[track_caller]
+    pub fn call<Q, F>(&self, key: &Q, work: F) -> Outcome<T>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: FnOnce() -> T,
     {
-        self.try_call(key, work).unwrap_or_else(|p| p.resume())
+        let work = || Ok(work());
+        match self.run(KeyArg::borrowed(key), work, accepts_none, false, None) {
+            Ok(outcome) => outcome,
+            Err(Stop::Panicked(panicked)) => panicked.resume(),
+            Err(Stop::Error(_) | Stop::TooManyWaiters | Stop::Timeout) => {
+                unreachable!("infallible work, no cap refusal, no deadline")
+            }
+        }
     }
 
-    /// Like [`Group::call`], but a panic in the work is returned as
-    /// [`Panicked`] to every caller of the flight instead of re-raised.
+    /// Runs fallible `work` for `key`, or waits for the flight in
+    /// progress: every caller of a flight whose work failed gets the same
+    /// error, behind one [`Arc`], so `E` need not be `Clone` (an
+    /// `anyhow::Error`, an `io::Error` fit).
+    ///
+    /// Errors are failures: they are not memoised (unless the builder sets
+    /// a `negative_ttl`), and `ErrorPolicy::RetryOnce` retries them. A call
+    /// that joins a flight whose error is of another type than its own `E`
+    /// (another entry point was used for the same key) runs its own work.
     ///
     /// # Examples
     ///
     /// ```
-    /// let group = singleflight::sync::Group::<u8, u8>::new();
-    /// let err = group.try_call(1, || panic!("boom")).unwrap_err();
-    /// assert_eq!(err.message(), "boom");
+    /// use std::sync::Arc;
+    ///
+    /// #[derive(Debug)]
+    /// struct Unavailable;
+    ///
+    /// let group = singleflight::sync::Group::<String, u16>::new();
+    /// let err: Arc<Unavailable> = group.try_call("status", || Err(Unavailable)).unwrap_err();
+    /// assert!(matches!(*err, Unavailable));
+    /// assert_eq!(group.try_call::<_, Unavailable, _>("status", || Ok(200)).unwrap().value, 200);
     /// ```
     ///
     /// # Panics
     ///
-    /// If `T::clone` panics, for the caller whose clone it was; with a waiter
-    /// cap set to [`Overflow::Refuse`](crate::policy::Overflow::Refuse), when
-    /// the cap is reached (see [`Group::call_checked`]).
-    pub fn try_call<F>(&self, key: K, work: F) -> Result<Outcome<T>, Panicked>
+    /// As [`Group::call`]: a panic in the work reaches every caller.
+    #[track_caller]
+    pub fn try_call<Q, E, F>(&self, key: &Q, work: F) -> Result<Outcome<T>, Arc<E>>
     where
-        F: FnOnce() -> T,
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Result<T, E>,
     {
-        if let Some(policy) = &self.policy {
-            if let Some(outcome) = policy.hit(&key) {
-                return Ok(outcome);
+        let work = || work().map_err(|error| Arc::new(error) as ErrorObject);
+        match self.run(KeyArg::borrowed(key), work, accepts::<E>, false, None) {
+            Ok(outcome) => Ok(outcome),
+            Err(Stop::Error(error)) => Err(error
+                .downcast::<E>()
+                .unwrap_or_else(|_| unreachable!("only errors of type `E` are taken"))),
+            Err(Stop::Panicked(panicked)) => panicked.resume(),
+            Err(Stop::TooManyWaiters | Stop::Timeout) => {
+                unreachable!("no cap refusal, no deadline")
             }
-            return self.try_call_missed(policy, key, work);
         }
-        self.try_call_plain(key, work)
     }
 
-    /// `try_call` without policies: Go's semantics.
-    #[inline(never)]
-    fn try_call_plain<F>(&self, key: K, work: F) -> Result<Outcome<T>, Panicked>
+    /// Like [`Group::call`], but every way a call can end without a value
+    /// is an [`Error`]: the work panicked, the builder's `timeout` passed
+    /// while waiting for another caller's flight, or the waiter cap refused
+    /// the call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use singleflight::{policy::Overflow, sync::Group, Error};
+    ///
+    /// let group = Group::<String, u8>::builder().max_waiters(0, Overflow::Refuse).build();
+    /// // Alone on its key, the call leads its flight: the cap is not in play.
+    /// assert_eq!(group.call_checked("k", || 1).unwrap().value, 1);
+    /// match group.call_checked("k", || panic!("boom")) {
+    ///     Err(Error::Panicked(p)) => assert_eq!(p.message(), "boom"),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Only if `T::clone` panics, for the caller whose clone it was, or
+    /// when called for `key` from inside the work of `key`'s own flight.
+    #[track_caller]
+    pub fn call_checked<Q, F>(&self, key: &Q, work: F) -> Result<Outcome<T>, Error>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: FnOnce() -> T,
     {
-        let hash = self.hasher.hash_one(&key);
-        let mut table = self.table.lock(hash);
-        if let Some(slot) = table.live_mut(hash, &key) {
-            let flight = Arc::clone(slot.flight.get_or_insert_with(|| Arc::new(Flight::new())));
-            drop(table);
-            drop(key);
-            return received(flight.wait());
+        let deadline = self
+            .engine
+            .policy()
+            .and_then(|p| p.timeout)
+            .and_then(|t| Instant::now().checked_add(t));
+        self.checked(key, work, deadline)
+    }
+
+    /// Like [`Group::call_checked`], but waits at most `timeout` for another
+    /// caller's flight. A caller that times out leaves; the flight goes on
+    /// for the others. The leader runs its own work and is never timed out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::sync::Group::<String, u8>::new();
+    /// let out = group.call_with_timeout("k", Duration::from_secs(1), || 3).unwrap();
+    /// assert_eq!(out.value, 3);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Group::call_checked`].
+    #[track_caller]
+    pub fn call_with_timeout<Q, F>(
+        &self,
+        key: &Q,
+        timeout: Duration,
+        work: F,
+    ) -> Result<Outcome<T>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: FnOnce() -> T,
+    {
+        self.checked(key, work, Instant::now().checked_add(timeout))
+    }
+
+    #[track_caller]
+    fn checked<Q, F>(
+        &self,
+        key: &Q,
+        work: F,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome<T>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: FnOnce() -> T,
+    {
+        let work = || Ok(work());
+        match self.run(KeyArg::borrowed(key), work, accepts_none, true, deadline) {
+            Ok(outcome) => Ok(outcome),
+            Err(Stop::Panicked(panicked)) => Err(Error::Panicked(panicked)),
+            Err(Stop::TooManyWaiters) => Err(Error::TooManyWaiters),
+            Err(Stop::Timeout) => Err(Error::Timeout),
+            Err(Stop::Error(_)) => unreachable!("infallible work"),
         }
-        let id = table.insert(hash, key, &self.hasher);
-        drop(table);
+    }
 
+    /// Every entry point: the memo's hit path, then the engine.
+    #[inline]
+    #[track_caller]
+    fn run<Q, W>(
+        &self,
+        key: KeyArg<'_, K, Q>,
+        work: W,
+        accepts: Accepts,
+        refuse: bool,
+        deadline: Option<Instant>,
+    ) -> Received<T>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        W: FnOnce() -> Returned<T>,
+    {
+        if let Some(hit) = self.engine.hit(key.get(), accepts) {
+            return hit;
+        }
+        match self.engine.join(key, accepts, false) {
+            Joined::Lead(ticket) => self.lead(ticket, work),
+            Joined::Follow(following) => self.follow(following, work, accepts, deadline),
+            Joined::OverCap(Overflow::Refuse) if refuse => Err(Stop::TooManyWaiters),
+            Joined::OverCap(_) => self.run_own(work),
+            Joined::Hit(hit) | Joined::Refresh(hit, _) => hit,
+        }
+    }
+
+    /// Runs `work` as the driver of flight `ticket` and ends the flight.
+    fn lead<W>(&self, ticket: Ticket, work: W) -> Received<T>
+    where
+        W: FnOnce() -> Returned<T>,
+    {
+        let running = self.engine.running(ticket);
         let result = panic::catch_unwind(AssertUnwindSafe(work));
+        drop(running);
+        let received = self.engine.finish(ticket, Ended::of(result));
+        if matches!(&received, Ok(outcome) if outcome.shared) {
+            self.engine.count(Event::Shared);
+        }
+        received
+    }
 
-        let slot = self.table.lock(hash).remove(hash, id);
-        let flight = slot.and_then(|slot| slot.flight);
-        settle(result, flight.as_deref())
+    /// Waits for the flight `following` joined.
+    fn follow<W>(
+        &self,
+        following: Following<Flight<T>>,
+        work: W,
+        accepts: Accepts,
+        deadline: Option<Instant>,
+    ) -> Received<T>
+    where
+        W: FnOnce() -> Returned<T>,
+    {
+        let retry = self.engine.policy().is_some_and(|p| p.retry_once);
+        let waited = if deadline.is_none() && !retry {
+            // Nothing but the end can come: block on it directly.
+            Waited::Ended(following.flight.wait())
+        } else {
+            following.flight.wait_until(deadline)
+        };
+        match waited {
+            Waited::Ended(published) => {
+                self.engine.gauge(Gauge::Waiters, -1);
+                match received(published) {
+                    Err(Stop::Error(error)) if !accepts(&error) => self.run_own(work),
+                    received => {
+                        if received.is_ok() {
+                            self.engine.count(Event::Shared);
+                        }
+                        received
+                    }
+                }
+            }
+            Waited::Claimed => {
+                self.engine.gauge(Gauge::Waiters, -1);
+                self.engine.count(Event::Execution);
+                self.lead(following.ticket, work)
+            }
+            Waited::TimedOut => {
+                self.engine.count(Event::Timeout);
+                let orphan = self.engine.leave(&following, (), false);
+                debug_assert!(orphan.is_none(), "blocking flights leave no work behind");
+                Err(Stop::Timeout)
+            }
+        }
+    }
+
+    /// Runs `work` alone, outside any flight.
+    fn run_own<W>(&self, work: W) -> Received<T>
+    where
+        W: FnOnce() -> Returned<T>,
+    {
+        self.engine.count(Event::Execution);
+        match panic::catch_unwind(AssertUnwindSafe(work)) {
+            Ok(Ok(value)) => Ok(Outcome::from(value, false, Source::Bypass)),
+            Ok(Err(error)) => Err(Stop::Error(error)),
+            Err(payload) => {
+                self.engine.count(Event::Panic);
+                Err(Stop::Panicked(Panicked::leader(payload)))
+            }
+        }
     }
 
     /// Forgets the flight in progress for `key`, if any: callers already
@@ -273,8 +492,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hasher.hash_one(key);
-        self.table.lock(hash).forget(hash, key)
+        self.engine.forget(key)
     }
 
     /// Whether a flight for `key` is in progress (and not forgotten).
@@ -290,8 +508,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hasher.hash_one(key);
-        self.table.lock(hash).contains(hash, key)
+        self.engine.contains(key)
     }
 
     /// The number of callers waiting on the flight in progress for `key`,
@@ -304,7 +521,7 @@ where
     ///
     /// ```
     /// let group = singleflight::sync::Group::<String, u8>::new();
-    /// let out = group.call("key".to_string(), || {
+    /// let out = group.call("key", || {
     ///     assert_eq!(group.waiters("key"), 0); // the leader alone
     ///     1
     /// });
@@ -315,14 +532,32 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hasher.hash_one(key);
-        let table = self.table.lock(hash);
-        // Each waiting caller holds one reference to the flight; the slot
-        // holds the other.
-        table
-            .live(hash, key)
-            .and_then(|slot| slot.flight.as_ref())
-            .map_or(0, |flight| Arc::strong_count(flight) - 1)
+        self.engine.waiters(key)
+    }
+
+    /// Drops the memo's value for `key` and forgets its flight in progress,
+    /// if any: that flight's callers still get its value, but it will not
+    /// write the memo, so nothing computed before this call is served after
+    /// it. Returns whether there was a value or a flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let group = singleflight::sync::Group::<String, u8>::builder()
+    ///     .memo_all(Duration::from_secs(60))
+    ///     .build();
+    /// group.call("k", || 1);
+    /// assert!(group.invalidate("k"));
+    /// assert_eq!(group.call("k", || 2).value, 2);
+    /// ```
+    pub fn invalidate<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.engine.invalidate(key)
     }
 }
 

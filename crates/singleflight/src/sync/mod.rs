@@ -5,7 +5,6 @@
 mod builder;
 mod flight;
 mod group;
-mod policy;
 
 pub use builder::{Blocking, Builder};
 pub use group::Group;

@@ -63,10 +63,20 @@ impl<K, F> Shards<K, F> {
 
     /// Locks the shard of the key whose hash is `hash`.
     pub(crate) fn lock(&self, hash: u64) -> MutexGuard<'_, Table<K, F>> {
+        lock(&self.shard(hash).0)
+    }
+
+    /// Where the shard of `hash` lives: with a flight's id, it names the
+    /// flight among every group of the process.
+    pub(crate) fn place(&self, hash: u64) -> usize {
+        std::ptr::from_ref(self.shard(hash)) as usize
+    }
+
+    fn shard(&self, hash: u64) -> &Shard<K, F> {
         // Bits the shard's own table does not use to place a slot (hashbrown
         // takes the low bits for the bucket and the top seven as a tag).
         let index = (hash >> 32) as usize & self.mask;
-        lock(&self.shards[index].0)
+        &self.shards[index]
     }
 
     /// Number of flights in progress over all shards, forgotten ones included.
@@ -79,8 +89,10 @@ impl<K, F> Shards<K, F> {
 pub(crate) struct Slot<K, F> {
     id: u64,
     forgotten: bool,
-    /// Callers waiting on this flight (policy path only; the waiter cap).
-    pub(crate) followers: u32,
+    /// The flight's callers: the one driving its work (counted even while
+    /// the work waits for a follower to take it over) and every follower
+    /// that joined and has not left. The group's one waiter count.
+    pub(crate) callers: u32,
     /// Whether this flight is already a retry (`ErrorPolicy::RetryOnce`).
     pub(crate) retried: bool,
     pub(crate) key: K,
@@ -140,7 +152,7 @@ impl<K, F> Table<K, F> {
         let slot = Slot {
             id,
             forgotten: false,
-            followers: 0,
+            callers: 1,
             retried: false,
             key,
             flight: None,

@@ -73,7 +73,7 @@ async fn work(executions: Arc<AtomicU64>) -> u64 {
 }
 
 async fn plain() -> Run {
-    let group = singleflight::future::Group::<&'static str, u64>::new();
+    let group = singleflight::future::Group::<String, u64>::new();
     burst(move |executions| {
         let group = group.clone();
         async move { group.call("key", || work(executions)).await.value }
@@ -82,7 +82,7 @@ async fn plain() -> Run {
 }
 
 async fn memo() -> Run {
-    let group = singleflight::future::Group::<&'static str, u64>::builder()
+    let group = singleflight::future::Group::<String, u64>::builder()
         .memo_all(TTL)
         .build();
     burst(move |executions| {

@@ -37,7 +37,7 @@ impl Blocking for Ours {
     }
     #[inline]
     fn call(&self, key: String, work: impl Fn() -> u64) -> u64 {
-        self.0.call(key, work).value
+        self.0.call_owned(key, work).value
     }
 }
 

@@ -109,7 +109,7 @@ struct App {
     upstream: HttpUrl,
     timeout: Duration,
     quiet: bool,
-    group: Group<&'static str, Fetched>,
+    group: Group<String, Fetched>,
     /// With `--redis`: `/singleflight` coalesces across instances.
     redis: Option<singleflight_redis::Group<Fetched>>,
     normal: Endpoint,

@@ -425,13 +425,13 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
-        let key = key.as_ref().to_vec();
-        let inner = Arc::clone(&self.inner);
-        let flight_key = key.clone();
+        let key = key.as_ref();
         let called = self
             .inner
             .local
-            .try_call(key, move || distributed(inner, flight_key, work))
+            .call_checked(key, || {
+                distributed(Arc::clone(&self.inner), key.to_vec(), work)
+            })
             .await;
         match called {
             Ok(outcome) => {
@@ -442,7 +442,11 @@ where
                     source,
                 })
             }
-            Err(panicked) => Err(Error::Panicked(panicked.message().to_owned())),
+            Err(singleflight::Error::Panicked(panicked)) => {
+                Err(Error::Panicked(panicked.message().to_owned()))
+            }
+            // The local group has no waiter cap and no deadline.
+            Err(other) => Err(Error::Panicked(other.to_string())),
         }
     }
 

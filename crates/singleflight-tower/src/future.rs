@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use singleflight::future::TryCall;
+use singleflight::future::Checked;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
@@ -25,7 +25,7 @@ use crate::rules;
 use crate::served::Served;
 use crate::state::{Counters, Shared};
 
-type Call<S, ReqBody> = TryCall<'static, Arc<str>, Flown, RandomState, Make<S, ReqBody>>;
+type Call<S, ReqBody> = Checked<'static, Arc<str>, Arc<str>, Flown, RandomState, Make<S, ReqBody>>;
 
 pin_project! {
     /// The response future of [`Coalesce`](crate::Coalesce).
@@ -399,6 +399,7 @@ where
                     Poll::Ready(result) => {
                         let (flown, was_shared) = match result {
                             Ok(outcome) => (outcome.value, outcome.shared),
+                            // The group has no cap or deadline: only a panic ends here.
                             Err(_panicked) => (Flown::Failed(Failure::PANICKED), true),
                         };
                         match stale_if_error(&flown, memo_key.as_deref(), shared) {

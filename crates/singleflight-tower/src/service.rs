@@ -369,7 +369,7 @@ impl<S> Coalesce<S> {
         if let Some((runtime, kept, answer)) = refresh {
             // This request's own becomes the refresh: its flight keeps
             // what comes back, and any request that misses joins it.
-            let call = self.shared.group.try_call_owned(Arc::clone(&key), make);
+            let call = self.shared.group.call_checked_owned(Arc::clone(&key), make);
             drop(runtime.spawn(async move {
                 drop(call.await);
                 kept.end_refresh();
@@ -378,7 +378,7 @@ impl<S> Coalesce<S> {
         }
         Counters::add(&self.shared.counters.coalesced);
         let memo_key = self.shared.memo.is_some().then(|| Arc::clone(&key));
-        let call = self.shared.group.try_call_owned(key, make);
+        let call = self.shared.group.call_checked_owned(key, make);
         ResponseFuture::coalesced(call, slot, id, Arc::clone(&self.shared), memo_key)
     }
 }

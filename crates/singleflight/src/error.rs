@@ -5,14 +5,15 @@ use crate::Panicked;
 /// Why a call of a group with policies returned no value.
 ///
 /// Returned by the checked entry points (`call_checked`, `call_with_timeout`,
-/// `call_until`); the plain `call` and `try_call` keep Go's shape.
+/// `call_until`); `call` keeps Go's shape, and `try_call` returns the work's
+/// own error.
 ///
 /// # Examples
 ///
 /// ```
 /// use singleflight::{sync::Group, Error};
 ///
-/// let group = Group::<&str, u32>::new();
+/// let group = Group::<String, u32>::new();
 /// match group.call_checked("key", || panic!("boom")) {
 ///     Err(Error::Panicked(p)) => assert_eq!(p.message(), "boom"),
 ///     other => panic!("unexpected {other:?}"),

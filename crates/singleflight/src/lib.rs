@@ -20,7 +20,7 @@
 //! use singleflight::sync::Group;
 //!
 //! let group = Group::<String, Result<String, String>>::new();
-//! let out = group.call("status".to_string(), || Ok("200 OK".to_string()));
+//! let out = group.call("status", || Ok("200 OK".to_string()));
 //! assert_eq!(out.value.as_deref(), Ok("200 OK"));
 //! println!("shared: {}", out.shared);
 //! ```

@@ -6,7 +6,7 @@
 /// use singleflight::{sync::Group, Source};
 ///
 /// let group = Group::<String, u64>::new();
-/// let out = group.call("answer".to_string(), || 42);
+/// let out = group.call("answer", || 42);
 /// assert_eq!(out.value, 42);
 /// assert!(!out.shared); // nobody else asked for "answer" meanwhile
 /// assert_eq!(out.source, Source::Flight);
@@ -32,7 +32,7 @@ pub struct Outcome<T> {
 /// use std::time::Duration;
 /// use singleflight::{sync::Group, Source};
 ///
-/// let group = Group::<&str, u32>::builder().memo_all(Duration::from_secs(60)).build();
+/// let group = Group::<String, u32>::builder().memo_all(Duration::from_secs(60)).build();
 /// assert_eq!(group.call("k", || 1).source, Source::Flight);
 /// assert_eq!(group.call("k", || 2).source, Source::Memo); // the work did not run
 /// ```

@@ -27,7 +27,9 @@ pub(crate) fn message_of(payload: &(dyn Any + Send)) -> Message {
 
 /// The work of a flight panicked.
 ///
-/// Returned by the fallible entry points (`try_call`) instead of a panic.
+/// Returned, inside [`Error::Panicked`](crate::Error::Panicked), by the
+/// checked entry points (`call_checked`, `call_with_timeout`, `call_until`)
+/// instead of a panic.
 /// The caller that ran the work gets the original panic payload back from
 /// [`Panicked::into_payload`]; the other callers of the flight get the
 /// panic's message as a `String` payload.
@@ -35,10 +37,12 @@ pub(crate) fn message_of(payload: &(dyn Any + Send)) -> Message {
 /// # Examples
 ///
 /// ```
-/// use singleflight::sync::Group;
+/// use singleflight::{sync::Group, Error};
 ///
-/// let group = Group::<&str, u32>::new();
-/// let err = group.try_call("key", || panic!("upstream exploded")).unwrap_err();
+/// let group = Group::<String, u32>::new();
+/// let Err(Error::Panicked(err)) = group.call_checked("key", || panic!("upstream exploded")) else {
+///     unreachable!("the work panicked");
+/// };
 /// assert_eq!(err.message(), "upstream exploded");
 /// // The key is free again: the next call runs afresh.
 /// assert_eq!(group.call("key", || 7).value, 7);

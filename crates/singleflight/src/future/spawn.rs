@@ -76,7 +76,7 @@ impl fmt::Debug for Detached {
 /// let group = Group::<String, u32>::builder()
 ///     .detach(TokioSpawner::current())
 ///     .build();
-/// assert_eq!(group.call("k".to_string(), || async { 1 }).await.value, 1);
+/// assert_eq!(group.call("k", || async { 1 }).await.value, 1);
 /// # }
 /// ```
 #[cfg(feature = "tokio")]

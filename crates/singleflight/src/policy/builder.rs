@@ -56,7 +56,7 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     /// let group = singleflight::sync::Group::<u64, u64>::builder()
     ///     .hasher(std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default())
     ///     .build();
-    /// assert_eq!(group.call(1, || 2).value, 2);
+    /// assert_eq!(group.call(&1, || 2).value, 2);
     /// ```
     pub fn hasher<S2>(self, hasher: S2) -> Builder<K, T, S2, G> {
         Builder {
@@ -68,7 +68,8 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     }
 
     /// The memo's capacity in entries (default 10,000); past it the cache
-    /// evicts (S3-FIFO-like, keeping the often-hit keys).
+    /// evicts (S3-FIFO-like, keeping the often-hit keys). Needs a memo:
+    /// `build` refuses it without one.
     ///
     /// # Examples
     ///
@@ -85,14 +86,16 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     }
 
     /// Keeps failures in the memo for `ttl` (usually shorter than the memo's
-    /// TTL). Without it, failures are not memoised.
+    /// TTL): `try_call`'s errors, and the values the classifier calls
+    /// failures. Without it, failures are not memoised. Needs a memo:
+    /// `build` refuses it without one.
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
     ///
-    /// let group = singleflight::sync::Group::<&str, Result<u8, String>>::builder()
+    /// let group = singleflight::sync::Group::<String, Result<u8, String>>::builder()
     ///     .memo(Duration::from_secs(60))
     ///     .negative_ttl(Duration::from_secs(1))
     ///     .build();
@@ -106,13 +109,18 @@ impl<K, T, S, G> Builder<K, T, S, G> {
 
     /// Which values are failures, for the negative TTL and the error policy.
     /// It takes precedence over [`Fallible`], which `memo` uses otherwise;
-    /// without either, no value is a failure.
+    /// without either, no value is a failure. (The errors of `try_call` are
+    /// always failures.) It needs a memo or [`ErrorPolicy::RetryOnce`]:
+    /// `build` refuses it with neither.
     ///
     /// # Examples
     ///
     /// ```
-    /// let group = singleflight::sync::Group::<&str, Option<u8>>::builder()
+    /// use singleflight::policy::ErrorPolicy;
+    ///
+    /// let group = singleflight::sync::Group::<String, Option<u8>>::builder()
     ///     .failure_if(Option::is_none)
+    ///     .error_policy(ErrorPolicy::RetryOnce)
     ///     .build();
     /// # drop(group);
     /// ```
@@ -122,15 +130,16 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     }
 
     /// What the waiting callers of a failed flight get (default
-    /// [`ErrorPolicy::Share`]). `RetryOnce` needs a classifier:
-    /// [`Builder::failure_if`], or [`Builder::memo`] on a [`Fallible`] type.
+    /// [`ErrorPolicy::Share`]). A failure is an error of `try_call`'s work,
+    /// or a value that [`Builder::failure_if`] (or, with [`Builder::memo`],
+    /// [`Fallible`]) calls one.
     ///
     /// # Examples
     ///
     /// ```
     /// use singleflight::policy::ErrorPolicy;
     ///
-    /// let group = singleflight::sync::Group::<&str, Result<u8, String>>::builder()
+    /// let group = singleflight::sync::Group::<String, Result<u8, String>>::builder()
     ///     .failure_if(Result::is_err)
     ///     .error_policy(ErrorPolicy::RetryOnce)
     ///     .build();
@@ -149,7 +158,7 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     /// ```
     /// use singleflight::policy::Overflow;
     ///
-    /// let group = singleflight::sync::Group::<&str, u8>::builder()
+    /// let group = singleflight::sync::Group::<String, u8>::builder()
     ///     .max_waiters(1_000, Overflow::Refuse)
     ///     .build();
     /// # drop(group);
@@ -167,7 +176,7 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     /// # Examples
     ///
     /// ```
-    /// let group = singleflight::sync::Group::<&str, u8>::builder().metrics("users").build();
+    /// let group = singleflight::sync::Group::<String, u8>::builder().metrics("users").build();
     /// group.call("k", || 1);
     /// assert_eq!(group.stats().unwrap().executions, 1);
     /// ```
@@ -177,7 +186,7 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     }
 
     /// The clock of the memo's expiry (default: the process's ticking
-    /// clock, see [`Clock`]).
+    /// clock, see [`Clock`]). Needs a memo: `build` refuses it without one.
     ///
     /// # Examples
     ///
@@ -186,7 +195,7 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     /// use singleflight::{policy::ManualClock, Source};
     ///
     /// let clock = ManualClock::new();
-    /// let group = singleflight::sync::Group::<&str, u8>::builder()
+    /// let group = singleflight::sync::Group::<String, u8>::builder()
     ///     .memo_all(Duration::from_secs(1))
     ///     .clock(clock.clone())
     ///     .build();
@@ -218,7 +227,7 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     /// use std::time::Duration;
     /// use singleflight::{sync::Group, Source};
     ///
-    /// let group = Group::<&str, Result<u8, String>>::builder()
+    /// let group = Group::<String, Result<u8, String>>::builder()
     ///     .memo(Duration::from_secs(60))
     ///     .build();
     /// group.call("k", || Err("down".to_string()));
@@ -243,7 +252,7 @@ impl<K, T, S, G> Builder<K, T, S, G> {
     /// use std::time::Duration;
     /// use singleflight::Source;
     ///
-    /// let group = singleflight::sync::Group::<&str, u8>::builder()
+    /// let group = singleflight::sync::Group::<String, u8>::builder()
     ///     .memo_all(Duration::from_secs(60))
     ///     .build();
     /// group.call("k", || 1);

@@ -41,8 +41,8 @@ use super::tick::Ticket;
 ///     .memo_all(Duration::from_secs(1))
 ///     .clock(Frozen(Instant::now()))
 ///     .build();
-/// assert_eq!(group.call(1, || 1).value, 1);
-/// assert_eq!(group.call(1, || 2).value, 1); // time never passes
+/// assert_eq!(group.call(&1, || 1).value, 1);
+/// assert_eq!(group.call(&1, || 2).value, 1); // time never passes
 /// ```
 pub trait Clock: Send + Sync + 'static {
     /// The current time.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 ///
 /// ```
 /// let group = singleflight::sync::Group::<u8, u8>::builder().metrics("demo").build();
-/// group.call(1, || 1);
+/// group.call(&1, || 1);
 /// let stats = group.stats().expect("metrics are on");
 /// assert_eq!((stats.calls, stats.executions), (1, 1));
 /// ```

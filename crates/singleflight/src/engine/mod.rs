@@ -211,15 +211,16 @@ where
     S: BuildHasher,
     F: Rendezvous<T>,
 {
-    /// A fresh memoised answer for `key` that the caller `accepts`: the
-    /// whole hit path, small enough to inline into the front-ends.
-    #[inline]
-    pub(crate) fn hit<Q>(&self, key: &Q, accepts: Accepts) -> Option<Received<T>>
+    /// A fresh memoised value for `key`: the whole hit path, small enough
+    /// to inline into the front-ends' entry points (errors kept for a
+    /// negative TTL are found by `join`).
+    #[inline(always)]
+    pub(crate) fn hit<Q>(&self, key: &Q) -> Option<Outcome<T>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.policy.as_ref()?.hit(key, accepts)
+        self.policy.as_ref()?.hit(key)
     }
 
     /// Joins the flight for `key`, or starts one; with policies, the memo
@@ -508,9 +509,9 @@ where
             .policy
             .as_ref()
             .and_then(|p| p.memo.as_ref())
-            .and_then(|memo| memo.remove(key));
+            .map(|memo| memo.remove(key));
         drop(table);
-        forgot || removed.is_some()
+        forgot || removed.is_some_and(|removed| !removed.is_empty())
     }
 
     /// Records the span of flight `ticket` in its slot, for its followers'

@@ -130,17 +130,27 @@ where
         self.inner.engine.count(event);
     }
 
-    /// Drives the call.
+    /// The memo's hit path, at the first poll: inline in every entry
+    /// point's `poll`, before `poll_flow`.
+    #[inline(always)]
+    pub(crate) fn hit(&mut self) -> Option<Outcome<T>> {
+        let Step::Start { key, .. } = &self.step else {
+            return None;
+        };
+        let hit = self.inner.engine.hit(key.get())?;
+        // Left as it is: dropping the call then drops the key and `make`,
+        // and a poll after this one (which the `Future` contract leaves
+        // open) would only look the memo up again.
+        Some(hit)
+    }
+
+    /// Drives the call past the memo's hit path.
+    #[inline(never)]
     #[track_caller]
     pub(crate) fn poll_flow(&mut self, cx: &mut Context<'_>) -> Poll<Received<T>> {
         loop {
             match &mut self.step {
-                Step::Start { key, .. } => {
-                    // The memo's hit path, on the key in place.
-                    if let Some(hit) = self.inner.engine.hit(key.get(), self.accepts) {
-                        self.step = Step::Done;
-                        return Poll::Ready(hit);
-                    }
+                Step::Start { .. } => {
                     let Step::Start { key, make } = mem::replace(&mut self.step, Step::Done) else {
                         unreachable!("matched Start just above");
                     };
@@ -267,11 +277,30 @@ where
     T: Clone + Send + Sync + 'static,
     S: BuildHasher + Send + Sync + 'static,
 {
+    #[inline]
     fn drop(&mut self) {
+        // A call that never joined, or has ended, holds nothing of its
+        // flight: its fields drop as they are.
+        if matches!(self.step, Step::Lead(_) | Step::Follow(..)) {
+            self.leave();
+        }
+    }
+}
+
+impl<K, Q, T, S, M> Flow<'_, K, Q, T, S, M>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    Q: ?Sized,
+    T: Clone + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// Leaves the flight this call drives or waits on, before its end.
+    #[inline(never)]
+    fn leave(&mut self) {
         match mem::replace(&mut self.step, Step::Done) {
-            Step::Start { .. } | Step::Done | Step::Own(_) => {}
             Step::Lead(lead) => self.inner.abandon(lead, true),
             Step::Follow(follow, _) => self.inner.leave(&follow.following, follow.waiter),
+            Step::Start { .. } | Step::Done | Step::Own(_) => {}
         }
     }
 }
@@ -348,8 +377,13 @@ where
 {
     type Output = Outcome<T>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
-        match ready!(self.get_mut().flow.poll_flow(cx)) {
+        let flow = &mut self.get_mut().flow;
+        if let Some(hit) = flow.hit() {
+            return Poll::Ready(hit);
+        }
+        match ready!(flow.poll_flow(cx)) {
             Ok(outcome) => Poll::Ready(outcome),
             Err(Stop::Panicked(panicked)) => panicked.resume(),
             Err(Stop::Error(_) | Stop::TooManyWaiters | Stop::Timeout) => {
@@ -427,8 +461,13 @@ where
 {
     type Output = Result<Outcome<T>, StdArc<E>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match ready!(self.get_mut().flow.poll_flow(cx)) {
+        let flow = &mut self.get_mut().flow;
+        if let Some(hit) = flow.hit() {
+            return Poll::Ready(Ok(hit));
+        }
+        match ready!(flow.poll_flow(cx)) {
             Ok(outcome) => Poll::Ready(Ok(outcome)),
             Err(Stop::Error(error)) => Poll::Ready(Err(error
                 .downcast::<E>()

@@ -55,7 +55,11 @@ where
         }
     }
 
+    #[inline]
     fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome<T>, Error>> {
+        if let Some(hit) = self.flow.hit() {
+            return Poll::Ready(Ok(hit));
+        }
         Poll::Ready(match ready!(self.flow.poll_flow(cx)) {
             Ok(outcome) => Ok(outcome),
             Err(Stop::Panicked(panicked)) => Err(Error::Panicked(panicked)),
@@ -77,6 +81,7 @@ where
 {
     type Output = Result<Outcome<T>, Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut().poll_checked(cx)
     }

@@ -21,8 +21,8 @@
 //!     .error_policy(ErrorPolicy::RetryOnce)
 //!     .metrics("users")
 //!     .build();
-//! assert_eq!(group.call("42".to_string(), || Ok(7)).source, Source::Flight);
-//! assert_eq!(group.call("42".to_string(), || Ok(8)).value, Ok(7));
+//! assert_eq!(group.call("42", || Ok(7)).source, Source::Flight);
+//! assert_eq!(group.call("42", || Ok(8)).value, Ok(7));
 //! ```
 
 mod builder;
@@ -45,8 +45,8 @@ pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{METRIC_NAMES, Stats};
 
-use crate::Source;
-use crate::engine::{Accepts, Ended, Received, Returned, Table, answer};
+use crate::engine::{Ended, Returned, Table};
+use crate::{Outcome, Source};
 use memo::{Lookup, Memo};
 use metrics::{Event, Gauge, Metrics};
 
@@ -76,10 +76,11 @@ pub enum Overflow {
     RunOwn,
 }
 
-/// What the waiting callers of a failed flight get. A failure is a value the
-/// group's classifier calls one: the closure given to `failure_if`, else, in
-/// a group built with `memo`, [`Fallible::is_failure`]; without either,
-/// nothing is a failure.
+/// What the waiting callers of a failed flight get. A failure is an error of
+/// `try_call`'s work, or a value the group's classifier calls one: the
+/// closure given to `failure_if`, else, in a group built with `memo`,
+/// [`Fallible::is_failure`]. A panic is not a failure: it reaches every
+/// caller of its flight.
 ///
 /// # Examples
 ///
@@ -129,7 +130,7 @@ pub enum ErrorPolicy {
 ///     }
 /// }
 ///
-/// let group = Group::<&str, Lookup>::builder().memo(Duration::from_secs(60)).build();
+/// let group = Group::<String, Lookup>::builder().memo(Duration::from_secs(60)).build();
 /// group.call("k", || Lookup::Unavailable); // a failure: not memoised
 /// assert_eq!(group.call("k", || Lookup::Found(7)).source, Source::Flight);
 /// assert_eq!(group.call("k", || Lookup::Found(8)).source, Source::Memo);
@@ -372,25 +373,20 @@ impl<K, T> Policies<K, T> {
 }
 
 impl<K: Hash + Eq, T: Clone> Policies<K, T> {
-    /// A fresh memoised answer for `key` that the caller `accepts`, counted
-    /// as a hit: the whole hit path, kept small enough to inline into the
-    /// groups' calls. On `None` the call is not counted: the miss path
-    /// counts it.
-    #[inline]
-    pub(crate) fn hit<Q>(&self, key: &Q, accepts: Accepts) -> Option<Received<T>>
+    /// A fresh memoised value for `key`, counted as a hit: the whole hit
+    /// path, kept small enough to inline into the groups' calls. Errors are
+    /// found on the miss path. On `None` the call is not counted: the miss
+    /// path counts it.
+    #[inline(always)]
+    pub(crate) fn hit<Q>(&self, key: &Q) -> Option<Outcome<T>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let value = self.memo.as_ref()?.fresh(key, self.now())?;
-        if let Err(error) = &value
-            && !accepts(error)
-        {
-            return None;
-        }
         self.count(Event::Call);
         self.count(Event::MemoHit);
-        Some(answer(value, Source::Memo))
+        Some(Outcome::from(value, true, Source::Memo))
     }
 
     /// The memo's answer for `key`, and its write count (see `Memo::lookup`).
@@ -454,14 +450,14 @@ impl<K: Hash + Eq, T: Clone> Policies<K, T> {
         ending: Ending<T>,
         panicked: bool,
     ) -> Option<F> {
-        let mut evicted = Vec::new();
+        let mut evicted = None;
         let mut spare_key = None;
         let mut spare_copy = ending.copy;
         let flight = table.remove(hash, id).and_then(|slot| {
             let forgotten = slot.is_forgotten();
             match (&self.memo, spare_copy.take()) {
                 (Some(memo), Some((value, now))) if !forgotten => {
-                    evicted = memo.store(slot.key, value, ending.failure, now);
+                    evicted = Some(memo.store(slot.key, value, ending.failure, now));
                 }
                 (_, copy) => {
                     spare_copy = copy;

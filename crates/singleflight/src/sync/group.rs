@@ -220,14 +220,51 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: FnOnce() -> T,
     {
+        self.infallible(KeyArg::borrowed(key), work)
+    }
+
+    #[inline]
+    #[track_caller]
+    fn infallible<Q, F>(&self, key: KeyArg<'_, K, Q>, work: F) -> Outcome<T>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        F: FnOnce() -> T,
+    {
+        if let Some(hit) = self.engine.hit(key.get()) {
+            return hit;
+        }
         let work = || Ok(work());
-        match self.run(KeyArg::borrowed(key), work, accepts_none, false, None) {
+        match self.run(key, work, accepts_none, false, None) {
             Ok(outcome) => outcome,
             Err(Stop::Panicked(panicked)) => panicked.resume(),
             Err(Stop::Error(_) | Stop::TooManyWaiters | Stop::Timeout) => {
                 unreachable!("infallible work, no cap refusal, no deadline")
             }
         }
+    }
+
+    /// Like [`Group::call`], with the key by value: for a key made for
+    /// this call (`format!`), which the group then keeps instead of a
+    /// clone when the call starts a flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<String, u64>::new();
+    /// let id = 42;
+    /// assert_eq!(group.call_owned(format!("user:{id}"), || 7).value, 7);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Group::call`].
+    #[track_caller]
+    pub fn call_owned<F>(&self, key: K, work: F) -> Outcome<T>
+    where
+        F: FnOnce() -> T,
+    {
+        self.infallible(KeyArg::Owned(key), work)
     }
 
     /// Runs fallible `work` for `key`, or waits for the flight in
@@ -265,8 +302,23 @@ where
         E: Send + Sync + 'static,
         F: FnOnce() -> Result<T, E>,
     {
+        self.fallible(KeyArg::borrowed(key), work)
+    }
+
+    #[inline]
+    #[track_caller]
+    fn fallible<Q, E, F>(&self, key: KeyArg<'_, K, Q>, work: F) -> Result<Outcome<T>, Arc<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Result<T, E>,
+    {
+        if let Some(hit) = self.engine.hit(key.get()) {
+            return Ok(hit);
+        }
         let work = || work().map_err(|error| Arc::new(error) as ErrorObject);
-        match self.run(KeyArg::borrowed(key), work, accepts::<E>, false, None) {
+        match self.run(key, work, accepts::<E>, false, None) {
             Ok(outcome) => Ok(outcome),
             Err(Stop::Error(error)) => Err(error
                 .downcast::<E>()
@@ -276,6 +328,29 @@ where
                 unreachable!("no cap refusal, no deadline")
             }
         }
+    }
+
+    /// Like [`Group::try_call`], with the key by value (see
+    /// [`Group::call_owned`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let group = singleflight::sync::Group::<String, u64>::new();
+    /// let out = group.try_call_owned("k".to_string(), || Ok::<_, std::io::Error>(7));
+    /// assert_eq!(out.unwrap().value, 7);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Group::call`].
+    #[track_caller]
+    pub fn try_call_owned<E, F>(&self, key: K, work: F) -> Result<Outcome<T>, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Result<T, E>,
+    {
+        self.fallible(KeyArg::Owned(key), work)
     }
 
     /// Like [`Group::call`], but every way a call can end without a value
@@ -360,6 +435,9 @@ where
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: FnOnce() -> T,
     {
+        if let Some(hit) = self.engine.hit(key) {
+            return Ok(hit);
+        }
         let work = || Ok(work());
         match self.run(KeyArg::borrowed(key), work, accepts_none, true, deadline) {
             Ok(outcome) => Ok(outcome),
@@ -370,8 +448,7 @@ where
         }
     }
 
-    /// Every entry point: the memo's hit path, then the engine.
-    #[inline]
+    /// Every entry point, past the memo's hit path.
     #[track_caller]
     fn run<Q, W>(
         &self,
@@ -386,9 +463,6 @@ where
         Q: Hash + Eq + ?Sized,
         W: FnOnce() -> Returned<T>,
     {
-        if let Some(hit) = self.engine.hit(key.get(), accepts) {
-            return hit;
-        }
         match self.engine.join(key, accepts, false) {
             Joined::Lead(ticket) => self.lead(ticket, work),
             Joined::Follow(following) => self.follow(following, work, accepts, deadline),

@@ -215,6 +215,8 @@ impl<K: Hash + Eq, T: Clone> Memo<K, T> {
                 if !self.clear_unless_servable(&key, now, &mut dropped) {
                     return dropped;
                 }
+                // Removed first, so the old error drops after the lock.
+                dropped.errors.extend(errors.remove(&key));
                 let entry = Entry::new(error, now.saturating_add(ttl), true);
                 errors.insert_with_lifecycle(key, entry, &mut dropped.errors);
                 self.writes.fetch_add(1, Ordering::Release);

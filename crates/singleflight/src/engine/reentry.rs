@@ -8,41 +8,64 @@
 // is caught on its first poll, whichever caller drives the work. Work that
 // hands the call to another thread or task (and waits for it) is not seen.
 
-use std::cell::RefCell;
+use std::cell::Cell;
+
+/// How many nested flights a thread keeps track of: the outermost ones,
+/// with no allocation. A call nested deeper than this inside works of the
+/// same thread is not checked.
+const DEPTH: usize = 8;
+
+/// How deep the thread is in works of flights, and the outermost of them.
+struct Frames {
+    depth: Cell<usize>,
+    flights: [Cell<(usize, u64)>; DEPTH],
+}
 
 thread_local! {
-    static RUNNING: RefCell<Vec<(usize, u64)>> = const { RefCell::new(Vec::new()) };
+    static RUNNING: Frames = const {
+        Frames {
+            depth: Cell::new(0),
+            flights: [const { Cell::new((0, 0)) }; DEPTH],
+        }
+    };
 }
 
 /// Marks the current thread as running flight `(place, id)` until dropped.
-pub(crate) struct Running {
-    flight: (usize, u64),
-}
+pub(crate) struct Running(());
 
 impl Running {
+    #[inline]
     pub(crate) fn enter(place: usize, id: u64) -> Self {
-        let flight = (place, id);
-        RUNNING.with_borrow_mut(|running| running.push(flight));
-        Self { flight }
+        RUNNING.with(|frames| {
+            let depth = frames.depth.get();
+            if let Some(frame) = frames.flights.get(depth) {
+                frame.set((place, id));
+            }
+            frames.depth.set(depth + 1);
+        });
+        Self(())
     }
 }
 
 impl Drop for Running {
+    #[inline]
     fn drop(&mut self) {
-        RUNNING.with_borrow_mut(|running| {
-            // Marks nest: ours is the last, unless work leaked one.
-            if let Some(at) = running.iter().rposition(|f| *f == self.flight) {
-                running.remove(at);
-            }
+        RUNNING.with(|frames| {
+            let depth = frames.depth.get();
+            debug_assert!(depth > 0, "marks nest");
+            frames.depth.set(depth.saturating_sub(1));
         });
     }
 }
 
 /// Whether the current thread is running flight `(place, id)`.
 pub(crate) fn is_running(place: usize, id: u64) -> bool {
-    RUNNING
-        .try_with(|running| running.borrow().contains(&(place, id)))
-        .unwrap_or(false)
+    RUNNING.with(|frames| {
+        let depth = frames.depth.get().min(DEPTH);
+        frames.flights[..depth]
+            .iter()
+            .any(|f| f.get() == (place, id))
+    })
 }
 
 /// The panic of a call that would wait for its own flight.

@@ -315,6 +315,10 @@ where
             return Some(Joined::OverCap(overflow));
         }
         slot.callers += 1;
+        debug_assert!(
+            slot.flight.is_some() || slot.callers == 2,
+            "a flight's state is made by its first follower"
+        );
         let flight = Arc::clone(slot.flight.get_or_insert_with(|| Arc::new(F::new())));
         let joined = Following {
             flight,
@@ -366,6 +370,10 @@ where
                 Ended::Panicked(_) => unreachable!("a panic is not a failure"),
             };
         }
+        debug_assert!(
+            table.get_mut(hash, id).is_some(),
+            "only the driver removes a running flight"
+        );
         let panicked = matches!(ended, Ended::Panicked(_));
         let flight = p.close(table, hash, id, ending, panicked);
         settle(ended, flight.as_deref())

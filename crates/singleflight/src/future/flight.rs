@@ -155,6 +155,7 @@ impl<T> Rendezvous<T> for Flight<T> {
 
 impl<T> Publish<T> for Flight<T> {
     fn publish(&self, result: Published<T>) -> &Published<T> {
+        debug_assert!(self.result.get().is_none(), "a flight ends once");
         let stored = self.result.get_or_init(|| result);
         let waiters = mem::take(&mut lock(&self.state).waiters);
         for (_, waker) in waiters {

@@ -129,6 +129,7 @@ impl<T> Rendezvous<T> for Flight<T> {
 
 impl<T> Publish<T> for Flight<T> {
     fn publish(&self, result: Published<T>) -> &Published<T> {
+        debug_assert!(self.result.get().is_none(), "a flight ends once");
         let stored = self.result.get_or_init(|| result);
         // Under the lock, so a condvar waiter is either before its check of
         // `result` (and sees it) or already waiting (and is woken).

@@ -19,18 +19,31 @@
 //! ```
 //! use singleflight::sync::Group;
 //!
-//! let group = Group::<String, Result<String, String>>::new();
-//! let out = group.call("status", || Ok("200 OK".to_string()));
-//! assert_eq!(out.value.as_deref(), Ok("200 OK"));
+//! let group = Group::<String, String>::new();
+//! let out = group.call("status", || "200 OK".to_string());
+//! assert_eq!(out.value, "200 OK");
 //! println!("shared: {}", out.shared);
+//!
+//! // Fallible work: the error reaches every caller of the flight behind one
+//! // `Arc`, so it needs no `Clone`.
+//! let err = group
+//!     .try_call("status", || Err(std::io::Error::other("upstream down")))
+//!     .unwrap_err();
+//! assert_eq!(err.to_string(), "upstream down");
 //! ```
+//!
+//! Calls take the key by reference (`&str` for a `String` key) and clone it
+//! into the group only when they start a flight.
 //!
 //! # Guarantees (both groups)
 //!
 //! - One execution per key at a time; calls that arrive meanwhile share it.
 //! - No lock is held while the work runs.
 //! - A panic in the work reaches every caller of that flight, frees the key
-//!   and leaves the group usable.
+//!   and leaves the group usable; an error of fallible work (`try_call`)
+//!   reaches every caller as the same `Arc`.
+//! - No policy makes a call panic; a call for a key from inside that key's
+//!   own work panics at once instead of waiting for itself forever.
 //! - [`forget`](sync::Group::forget) lets new callers start a new flight while
 //!   those waiting still get the old one's value.
 //! - After every caller has returned, been cancelled or panicked, the group

@@ -21,12 +21,23 @@ struct Frames {
     flights: [Cell<(usize, u64)>; DEPTH],
 }
 
+#[cfg(not(singleflight_loom))]
 thread_local! {
     static RUNNING: Frames = const {
         Frames {
             depth: Cell::new(0),
             flights: [const { Cell::new((0, 0)) }; DEPTH],
         }
+    };
+}
+
+// Loom runs a model's threads on one OS thread: their marks must be loom's
+// thread locals, or one would see another's.
+#[cfg(singleflight_loom)]
+loom::thread_local! {
+    static RUNNING: Frames = Frames {
+        depth: Cell::new(0),
+        flights: [const { Cell::new((0, 0)) }; DEPTH],
     };
 }
 

@@ -11,10 +11,10 @@
 //   `Clone`, a key's or a work's `Drop`, a waker or a spawner runs. The
 //   exceptions are `Hash`, `Eq`, and a borrowed key's `ToOwned` when its
 //   call starts a flight (a panic there leaves the table untouched).
-// - `Slot::callers` is the one count of a flight's callers: the one driving
-//   the work plus every follower that has not left, changed only under the
-//   table lock. A caller that takes the work over (orphaned work, a retry)
-//   replaces the driver that left and changes nothing.
+// - `Slot::waiters` is the one count of a flight's callers, less one: the
+//   one driving the work plus every follower that has not left, changed only
+//   under the table lock. A caller that takes the work over (orphaned work,
+//   a retry) replaces the driver that left and changes nothing.
 // - A flight's slot leaves the table, under the table lock, when the flight
 //   ends (`finish`), or when its last caller leaves and nobody is left to
 //   run its work (`leave`, `abandon`): no caller ever joins a flight that
@@ -238,13 +238,10 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let Some(p) = &self.policy else {
-            let hash = self.hasher.hash_one(key.get());
-            let mut table = self.table.lock(hash);
-            if let Some(joined) = self.follow(&mut table, hash, key.get(), None) {
-                return joined;
-            }
-            let id = table.insert(hash, key.into_owned(), &self.hasher);
-            return Joined::Lead(Ticket { hash, id });
+            return match self.join_plain(key) {
+                Ok(ticket) => Joined::Lead(ticket),
+                Err(following) => Joined::Follow(following),
+            };
         };
         p.count(Event::Call);
         let mut hash = None;
@@ -292,8 +289,27 @@ where
         }
     }
 
-    /// Joins the live flight for `key`, if there is one, under the cap.
+    /// `join` in a group without policies: leads (`Ok`) or follows. Its
+    /// small result keeps the lone call, the commonest, cheap.
     #[inline]
+    #[track_caller]
+    pub(crate) fn join_plain<Q>(&self, key: KeyArg<'_, K, Q>) -> Result<Ticket, Following<F>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        debug_assert!(self.policy.is_none(), "the plain path has no policy");
+        let hash = self.hasher.hash_one(key.get());
+        let mut table = self.table.lock(hash);
+        if let Some(Joined::Follow(following)) = self.follow(&mut table, hash, key.get(), None) {
+            return Err(following);
+        }
+        let id = table.insert(hash, key.into_owned(), &self.hasher);
+        Ok(Ticket { hash, id })
+    }
+
+    /// Joins the live flight for `key`, if there is one, under the cap.
+    #[inline(always)]
     #[track_caller]
     fn follow<Q>(
         &self,
@@ -307,16 +323,15 @@ where
         Q: Eq + ?Sized,
     {
         let slot = table.live_mut(hash, key)?;
-        debug_assert!(slot.callers >= 1, "a live flight has its driver");
         if reentry::is_running(self.table.place(hash), slot.id()) {
             reentry::reentered();
         }
-        if let Some(overflow) = p.and_then(|p| p.over_cap(slot.callers as usize - 1)) {
+        if let Some(overflow) = p.and_then(|p| p.over_cap(slot.waiters as usize)) {
             return Some(Joined::OverCap(overflow));
         }
-        slot.callers += 1;
+        slot.waiters += 1;
         debug_assert!(
-            slot.flight.is_some() || slot.callers == 2,
+            slot.flight.is_some() || slot.waiters == 1,
             "a flight's state is made by its first follower"
         );
         let flight = Arc::clone(slot.flight.get_or_insert_with(|| Arc::new(F::new())));
@@ -338,6 +353,7 @@ where
     /// Ends flight `ticket` with `ended`: a retry, if the policy and the
     /// failure call for one; otherwise frees the key, writes the memo and
     /// hands the end to every follower. Returns the driver's own outcome.
+    #[inline]
     pub(crate) fn finish(&self, ticket: Ticket, ended: Ended<T>) -> Received<T> {
         let Ticket { hash, id } = ticket;
         let Some(p) = &self.policy else {
@@ -352,11 +368,11 @@ where
             && ending.failure
             && let Some(slot) = table.get_mut(hash, id)
             && !slot.retried
-            && slot.callers > 1
+            && slot.waiters > 0
             && let Some(flight) = slot.flight.clone()
         {
             slot.retried = true;
-            slot.callers -= 1;
+            slot.waiters -= 1;
             let heir = flight.open_retry();
             drop(table);
             if let Some(heir) = heir {
@@ -395,9 +411,8 @@ where
             // Ended: publishing took every waiter.
             return None;
         };
-        debug_assert!(slot.callers >= 1, "a follower is counted among the callers");
-        slot.callers -= 1;
-        let last = slot.callers == 0;
+        let last = slot.waiters == 0;
+        slot.waiters = slot.waiters.saturating_sub(1);
         match following.flight.leave(waiter, last) {
             Left::Pass(heir) => {
                 drop(table);
@@ -429,10 +444,10 @@ where
             drop(work);
             return None;
         };
-        if slot.callers == 1 {
+        if slot.waiters == 0 {
             return self.orphaned(table, ticket, work, detach);
         }
-        slot.callers -= 1;
+        slot.waiters -= 1;
         let Some(flight) = slot.flight.clone() else {
             unreachable!("a flight with followers has their state");
         };
@@ -458,7 +473,7 @@ where
     ) -> Option<F::Work> {
         if detach {
             if let Some(slot) = table.get_mut(ticket.hash, ticket.id) {
-                slot.callers = 1;
+                slot.waiters = 0;
             }
             return Some(work);
         }
@@ -501,7 +516,7 @@ where
         let table = self.table.lock(hash);
         table
             .live(hash, key)
-            .map_or(0, |slot| slot.callers.saturating_sub(1) as usize)
+            .map_or(0, |slot| slot.waiters as usize)
     }
 
     /// Drops the memo's value for `key` and forgets its live flight.

@@ -89,10 +89,12 @@ impl<K, F> Shards<K, F> {
 pub(crate) struct Slot<K, F> {
     id: u64,
     forgotten: bool,
-    /// The flight's callers: the one driving its work (counted even while
-    /// the work waits for a follower to take it over) and every follower
-    /// that joined and has not left. The group's one waiter count.
-    pub(crate) callers: u32,
+    /// The flight's waiters: its callers but one. The callers are the one
+    /// driving its work (counted even while the work waits for a follower
+    /// to take it over) and every follower that joined and has not left.
+    /// The group's one count of a flight's callers; starting at 0 keeps a
+    /// new slot all zeroes but its key.
+    pub(crate) waiters: u32,
     /// Whether this flight is already a retry (`ErrorPolicy::RetryOnce`).
     pub(crate) retried: bool,
     pub(crate) key: K,
@@ -152,7 +154,7 @@ impl<K, F> Table<K, F> {
         let slot = Slot {
             id,
             forgotten: false,
-            callers: 1,
+            waiters: 0,
             retried: false,
             key,
             flight: None,

@@ -431,6 +431,7 @@ where
     /// [`Group::call_checked`].
     #[cfg(feature = "tokio")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    #[track_caller]
     pub fn call_with_timeout<'a, Q, F, Fut>(
         &'a self,
         key: &'a Q,

@@ -98,6 +98,7 @@ impl TokioSpawner {
     /// # Panics
     ///
     /// Outside a tokio runtime; use [`TokioSpawner::new`] with a handle there.
+    #[track_caller]
     pub fn current() -> Self {
         Self::new(tokio::runtime::Handle::current())
     }

@@ -449,6 +449,7 @@ where
     }
 
     /// Every entry point, past the memo's hit path.
+    #[inline]
     #[track_caller]
     fn run<Q, W>(
         &self,
@@ -463,6 +464,12 @@ where
         Q: Hash + Eq + ?Sized,
         W: FnOnce() -> Returned<T>,
     {
+        if self.engine.policy().is_none() {
+            return match self.engine.join_plain(key) {
+                Ok(ticket) => self.lead(ticket, work),
+                Err(following) => self.follow(following, work, accepts, deadline),
+            };
+        }
         match self.engine.join(key, accepts, false) {
             Joined::Lead(ticket) => self.lead(ticket, work),
             Joined::Follow(following) => self.follow(following, work, accepts, deadline),

@@ -57,8 +57,9 @@ pub(crate) type Published<T> = Result<Returned<T>, Message>;
 pub(crate) enum Stop {
     /// The flight's fallible work failed with this error.
     Error(ErrorObject),
-    /// The flight's work panicked.
-    Panicked(Panicked),
+    /// The flight's work panicked. Boxed: a call's result stays two words
+    /// and a tag, which every call moves, for the rare panic.
+    Panicked(Box<Panicked>),
     /// The waiter cap refused the call (checked entry points only).
     TooManyWaiters,
     /// The caller's deadline passed (checked entry points only).
@@ -89,7 +90,7 @@ pub(crate) fn settle<T: Clone>(ended: Ended<T>, flight: Option<&impl Publish<T>>
             if let Some(flight) = flight {
                 flight.publish(Err(message_of(&*payload)));
             }
-            Err(Stop::Panicked(Panicked::leader(payload)))
+            Err(Stop::Panicked(Box::new(Panicked::leader(payload))))
         }
     }
 }
@@ -100,6 +101,8 @@ pub(crate) fn received<T: Clone>(published: &Published<T>) -> Received<T> {
     match published {
         Ok(Ok(value)) => Ok(Outcome::new(T::clone(value), true)),
         Ok(Err(error)) => Err(Stop::Error(Arc::clone(error))),
-        Err(message) => Err(Stop::Panicked(Panicked::follower(message.clone()))),
+        Err(message) => Err(Stop::Panicked(Box::new(Panicked::follower(
+            message.clone(),
+        )))),
     }
 }

@@ -71,15 +71,14 @@ impl<T> Follow<T> {
     }
 }
 
-enum Step<'a, K, Q: ?Sized, T, M> {
-    Start {
-        key: KeyArg<'a, K, Q>,
-        make: M,
-    },
+enum Step<T> {
+    /// Not polled yet: the key and `make` are in the call.
+    Start,
     Lead(Lead<T>),
-    /// Waiting; keeps `make` for a retry, or for work of its own when the
-    /// flight ends with an error of another type than this caller's.
-    Follow(Follow<T>, M),
+    /// Waiting; `make` stays in the call for a retry, or for work of its
+    /// own when the flight ends with an error of another type than this
+    /// caller's.
+    Follow(Follow<T>),
     /// Running its own work, alone (past the waiter cap).
     Own(Work<T>),
     Done,
@@ -94,7 +93,12 @@ where
     S: BuildHasher + Send + Sync + 'static,
 {
     inner: Handle<'a, K, T, S>,
-    step: Step<'a, K, Q, T, M>,
+    /// Taken when the call joins or starts its flight. Kept apart from
+    /// `step`, so each move of a step carries only what it needs.
+    key: Option<KeyArg<'a, K, Q>>,
+    /// Taken when the call runs work of its own.
+    make: Option<M>,
+    step: Step<T>,
     /// The errors this caller takes back.
     accepts: Accepts,
     /// Past the waiter cap under `Overflow::Refuse`: refuse (the checked
@@ -119,7 +123,9 @@ where
     ) -> Self {
         Self {
             inner,
-            step: Step::Start { key, make },
+            key: Some(key),
+            make: Some(make),
+            step: Step::Start,
             accepts,
             refuse,
         }
@@ -134,9 +140,7 @@ where
     /// point's `poll`, before `poll_flow`.
     #[inline(always)]
     pub(crate) fn hit(&mut self) -> Option<Outcome<T>> {
-        let Step::Start { key, .. } = &self.step else {
-            return None;
-        };
+        let key = self.key.as_ref()?;
         let hit = self.inner.engine.hit(key.get())?;
         // Left as it is: dropping the call then drops the key and `make`,
         // and a poll after this one (which the `Future` contract leaves
@@ -150,42 +154,51 @@ where
     pub(crate) fn poll_flow(&mut self, cx: &mut Context<'_>) -> Poll<Received<T>> {
         loop {
             match &mut self.step {
-                Step::Start { .. } => {
-                    let Step::Start { key, make } = mem::replace(&mut self.step, Step::Done) else {
-                        unreachable!("matched Start just above");
+                Step::Start => {
+                    let Some(key) = self.key.take() else {
+                        unreachable!("a call starts with its key");
                     };
-                    let refresh = self.inner.spawner.is_some();
-                    match self.inner.engine.join(key, self.accepts, refresh) {
-                        Joined::Lead(ticket) => match self.inner.lead(make, ticket) {
-                            Ok(lead) => self.step = Step::Lead(lead),
-                            Err(received) => return Poll::Ready(received),
-                        },
-                        Joined::Follow(following) => {
-                            self.step = Step::Follow(Follow::new(following), make);
+                    let engine = &self.inner.engine;
+                    let joined = if engine.policy().is_none() {
+                        match engine.join_plain(key) {
+                            Ok(ticket) => Joined::Lead(ticket),
+                            Err(following) => Joined::Follow(following),
                         }
-                        Joined::OverCap(Overflow::Refuse) if self.refuse => {
-                            return Poll::Ready(Err(Stop::TooManyWaiters));
-                        }
-                        Joined::OverCap(_) => {
-                            if let Err(received) = self.run_own(make) {
-                                return Poll::Ready(received);
+                    } else {
+                        engine.join(key, self.accepts, self.inner.spawner.is_some())
+                    };
+                    match joined {
+                        Joined::Lead(ticket) => {
+                            let make = self.take_make();
+                            match self.inner.lead(make, ticket) {
+                                Ok(lead) => self.step = Step::Lead(lead),
+                                Err(received) => return self.end(received),
                             }
                         }
-                        Joined::Hit(hit) => return Poll::Ready(hit),
+                        Joined::Follow(following) => {
+                            self.step = Step::Follow(Follow::new(following));
+                        }
+                        Joined::OverCap(Overflow::Refuse) if self.refuse => {
+                            return self.end(Err(Stop::TooManyWaiters));
+                        }
+                        Joined::OverCap(_) => {
+                            if let Err(received) = self.run_own() {
+                                return self.end(received);
+                            }
+                        }
+                        Joined::Hit(hit) => return self.end(hit),
                         Joined::Refresh(hit, ticket) => {
+                            let make = self.take_make();
                             self.inner.refresh(make, ticket);
-                            return Poll::Ready(hit);
+                            return self.end(hit);
                         }
                     }
                 }
                 Step::Lead(lead) => {
                     let ended = ready!(lead.poll_work(&self.inner.engine, cx));
-                    let Step::Lead(lead) = mem::replace(&mut self.step, Step::Done) else {
-                        unreachable!("matched Lead just above");
-                    };
                     let ticket = lead.ticket;
                     // The work's destructors run before anyone sees its result.
-                    drop(lead);
+                    self.step = Step::Done;
                     let received = self.inner.engine.finish(ticket, ended);
                     // Counted here, not in `finish`: a detached driver is no caller.
                     if matches!(&received, Ok(outcome) if outcome.shared) {
@@ -203,49 +216,50 @@ where
                         Ended::Returned(Err(error)) => Err(Stop::Error(error)),
                         Ended::Panicked(payload) => {
                             self.count(Event::Panic);
-                            Err(Stop::Panicked(Panicked::leader(payload)))
+                            Err(Stop::Panicked(Box::new(Panicked::leader(payload))))
                         }
                     });
                 }
-                Step::Follow(follow, _) => {
+                Step::Follow(follow) => {
                     let waited = ready!(follow.following.flight.poll_wait(&mut follow.waiter, cx));
-                    let outcome = match waited {
+                    let ticket = follow.following.ticket;
+                    let received = match waited {
                         Waited::Ended(published) => Some(received(published)),
                         Waited::Promoted(work) => {
-                            let ticket = follow.following.ticket;
                             self.step = Step::Lead(Lead { work, ticket });
                             None
                         }
-                        Waited::Claimed => None,
+                        Waited::Claimed => {
+                            // Our own work runs on the flight, as its retry.
+                            self.step = Step::Done;
+                            self.count(Event::Execution);
+                            let make = self.take_make();
+                            match self.inner.lead(make, ticket) {
+                                Ok(lead) => self.step = Step::Lead(lead),
+                                Err(received) => {
+                                    self.inner.engine.gauge(Gauge::Waiters, -1);
+                                    return self.end(received);
+                                }
+                            }
+                            None
+                        }
                     };
                     self.inner.engine.gauge(Gauge::Waiters, -1);
-                    if let Some(received) = outcome {
-                        let Step::Follow(_, make) = mem::replace(&mut self.step, Step::Done) else {
-                            unreachable!("matched Follow just above");
-                        };
-                        match received {
-                            Err(Stop::Error(error)) if !(self.accepts)(&error) => {
-                                if let Err(received) = self.run_own(make) {
-                                    return Poll::Ready(received);
-                                }
-                            }
-                            received => {
-                                if received.is_ok() {
-                                    self.count(Event::Shared);
-                                }
-                                return Poll::Ready(received);
+                    let Some(received) = received else {
+                        continue;
+                    };
+                    self.step = Step::Done;
+                    match received {
+                        Err(Stop::Error(error)) if !(self.accepts)(&error) => {
+                            if let Err(received) = self.run_own() {
+                                return self.end(received);
                             }
                         }
-                    } else if let Step::Follow(..) = self.step {
-                        // Claimed the retry: our own work runs on the flight.
-                        let Step::Follow(follow, make) = mem::replace(&mut self.step, Step::Done)
-                        else {
-                            unreachable!("matched Follow just above");
-                        };
-                        self.count(Event::Execution);
-                        match self.inner.lead(make, follow.following.ticket) {
-                            Ok(lead) => self.step = Step::Lead(lead),
-                            Err(received) => return Poll::Ready(received),
+                        received => {
+                            if received.is_ok() {
+                                self.count(Event::Shared);
+                            }
+                            return self.end(received);
                         }
                     }
                 }
@@ -254,17 +268,30 @@ where
         }
     }
 
+    fn take_make(&mut self) -> M {
+        match self.make.take() {
+            Some(make) => make,
+            None => unreachable!("`make` is taken once"),
+        }
+    }
+
+    /// Ends the call with `received`.
+    fn end(&mut self, received: Received<T>) -> Poll<Received<T>> {
+        self.step = Step::Done;
+        Poll::Ready(received)
+    }
+
     /// Starts this caller's own work, alone; `Err` if `make` panicked.
-    fn run_own(&mut self, make: M) -> Result<(), Received<T>> {
+    fn run_own(&mut self) -> Result<(), Received<T>> {
         self.count(Event::Execution);
-        match make_caught(make) {
+        match make_caught(self.take_make()) {
             Ok(work) => {
                 self.step = Step::Own(work);
                 Ok(())
             }
             Err(payload) => {
                 self.count(Event::Panic);
-                Err(Err(Stop::Panicked(Panicked::leader(payload))))
+                Err(Err(Stop::Panicked(Box::new(Panicked::leader(payload)))))
             }
         }
     }
@@ -281,7 +308,7 @@ where
     fn drop(&mut self) {
         // A call that never joined, or has ended, holds nothing of its
         // flight: its fields drop as they are.
-        if matches!(self.step, Step::Lead(_) | Step::Follow(..)) {
+        if matches!(self.step, Step::Lead(_) | Step::Follow(_)) {
             self.leave();
         }
     }
@@ -299,8 +326,8 @@ where
     fn leave(&mut self) {
         match mem::replace(&mut self.step, Step::Done) {
             Step::Lead(lead) => self.inner.abandon(lead, true),
-            Step::Follow(follow, _) => self.inner.leave(&follow.following, follow.waiter),
-            Step::Start { .. } | Step::Done | Step::Own(_) => {}
+            Step::Follow(follow) => self.inner.leave(&follow.following, follow.waiter),
+            Step::Start | Step::Done | Step::Own(_) => {}
         }
     }
 }
@@ -314,9 +341,9 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let step = match self.step {
-            Step::Start { .. } => "start",
+            Step::Start => "start",
             Step::Lead(_) => "driving",
-            Step::Follow(..) => "waiting",
+            Step::Follow(_) => "waiting",
             Step::Own(_) => "bypassing",
             Step::Done => "done",
         };

@@ -62,7 +62,7 @@ where
         }
         Poll::Ready(match ready!(self.flow.poll_flow(cx)) {
             Ok(outcome) => Ok(outcome),
-            Err(Stop::Panicked(panicked)) => Err(Error::Panicked(panicked)),
+            Err(Stop::Panicked(panicked)) => Err(Error::Panicked(*panicked)),
             Err(Stop::TooManyWaiters) => Err(Error::TooManyWaiters),
             Err(Stop::Timeout) => Err(Error::Timeout),
             Err(Stop::Error(_)) => unreachable!("infallible work"),

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, ready};
 
 use super::flight::{Flight, Work};
 use super::spawn::{Detached, Spawn};
-use crate::engine::{Ended, Engine, ErrorObject, Following, Received, Ticket};
+use crate::engine::{Ended, Engine, ErrorObject, Following, Received, Returned, Ticket};
 
 /// The async group's state, shared by the group's clones and its calls.
 pub(crate) struct Inner<K, T, S> {
@@ -41,8 +41,7 @@ where
     Fut: Future<Output = T> + Send + 'static,
 {
     fn make(self) -> Work<T> {
-        let work = (self.0)();
-        Box::pin(async move { Ok(work.await) })
+        Box::pin(Returning { work: (self.0)() })
     }
 }
 
@@ -56,11 +55,52 @@ where
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     fn make(self) -> Work<T> {
-        let work = (self.0)();
-        Box::pin(async move {
-            work.await
-                .map_err(|error| StdArc::new(error) as ErrorObject)
+        Box::pin(Failing {
+            work: (self.0)(),
+            _error: PhantomData,
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Infallible work, as the engine takes it.
+    struct Returning<Fut> {
+        #[pin]
+        work: Fut,
+    }
+}
+
+impl<T, Fut: Future<Output = T>> Future for Returning<Fut> {
+    type Output = Returned<T>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Returned<T>> {
+        self.project().work.poll(cx).map(Ok)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Fallible work, as the engine takes it: its error behind an `Arc`.
+    struct Failing<Fut, E> {
+        #[pin]
+        work: Fut,
+        _error: PhantomData<fn() -> E>,
+    }
+}
+
+impl<T, E, Fut> Future for Failing<Fut, E>
+where
+    E: Send + Sync + 'static,
+    Fut: Future<Output = Result<T, E>>,
+{
+    type Output = Returned<T>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Returned<T>> {
+        self.project()
+            .work
+            .poll(cx)
+            .map(|result| result.map_err(|error| StdArc::new(error) as ErrorObject))
     }
 }
 

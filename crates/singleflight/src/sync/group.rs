@@ -441,7 +441,7 @@ where
         let work = || Ok(work());
         match self.run(KeyArg::borrowed(key), work, accepts_none, true, deadline) {
             Ok(outcome) => Ok(outcome),
-            Err(Stop::Panicked(panicked)) => Err(Error::Panicked(panicked)),
+            Err(Stop::Panicked(panicked)) => Err(Error::Panicked(*panicked)),
             Err(Stop::TooManyWaiters) => Err(Error::TooManyWaiters),
             Err(Stop::Timeout) => Err(Error::Timeout),
             Err(Stop::Error(_)) => unreachable!("infallible work"),
@@ -550,7 +550,7 @@ where
             Ok(Err(error)) => Err(Stop::Error(error)),
             Err(payload) => {
                 self.engine.count(Event::Panic);
-                Err(Stop::Panicked(Panicked::leader(payload)))
+                Err(Stop::Panicked(Box::new(Panicked::leader(payload))))
             }
         }
     }

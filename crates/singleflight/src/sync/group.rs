@@ -465,11 +465,49 @@ where
         W: FnOnce() -> Returned<T>,
     {
         if self.engine.policy().is_none() {
-            return match self.engine.join_plain(key) {
-                Ok(ticket) => self.lead(ticket, work),
-                Err(following) => self.follow(following, work, accepts, deadline),
-            };
+            return self.run_plain(key, work, accepts, deadline);
         }
+        self.run_policed(key, work, accepts, refuse, deadline)
+    }
+
+    /// `run` in a group without policies: Go's semantics, in a function of
+    /// its own, as small as the lone call can be.
+    #[inline(never)]
+    #[track_caller]
+    fn run_plain<Q, W>(
+        &self,
+        key: KeyArg<'_, K, Q>,
+        work: W,
+        accepts: Accepts,
+        deadline: Option<Instant>,
+    ) -> Received<T>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        W: FnOnce() -> Returned<T>,
+    {
+        match self.engine.join_plain(key) {
+            Ok(ticket) => self.lead(ticket, work),
+            Err(following) => self.follow(following, work, accepts, deadline),
+        }
+    }
+
+    /// `run` with policies.
+    #[inline(never)]
+    #[track_caller]
+    fn run_policed<Q, W>(
+        &self,
+        key: KeyArg<'_, K, Q>,
+        work: W,
+        accepts: Accepts,
+        refuse: bool,
+        deadline: Option<Instant>,
+    ) -> Received<T>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        W: FnOnce() -> Returned<T>,
+    {
         match self.engine.join(key, accepts, false) {
             Joined::Lead(ticket) => self.lead(ticket, work),
             Joined::Follow(following) => self.follow(following, work, accepts, deadline),
@@ -480,6 +518,7 @@ where
     }
 
     /// Runs `work` as the driver of flight `ticket` and ends the flight.
+    #[inline]
     fn lead<W>(&self, ticket: Ticket, work: W) -> Received<T>
     where
         W: FnOnce() -> Returned<T>,
@@ -495,6 +534,7 @@ where
     }
 
     /// Waits for the flight `following` joined.
+    #[inline(never)]
     fn follow<W>(
         &self,
         following: Following<Flight<T>>,

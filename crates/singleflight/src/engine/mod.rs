@@ -395,6 +395,24 @@ where
         settle(ended, flight.as_deref())
     }
 
+    /// `finish` in a group without policies, for work that returned
+    /// `value`: the lone call's outcome is built in place, with no result
+    /// enum between (each move of one costs the lone call).
+    #[inline]
+    pub(crate) fn finish_value(&self, ticket: Ticket, value: T) -> Outcome<T> {
+        debug_assert!(self.policy.is_none(), "the plain path has no policy");
+        let Ticket { hash, id } = ticket;
+        let slot = self.table.lock(hash).remove(hash, id);
+        debug_assert!(slot.is_some(), "only the driver removes a running flight");
+        match slot.and_then(|slot| slot.flight) {
+            None => Outcome::new(value, false),
+            Some(flight) => match flight.publish(Ok(Ok(value))) {
+                Ok(Ok(value)) => Outcome::new(T::clone(value), true),
+                _ => unreachable!("the flight keeps the value it was given"),
+            },
+        }
+    }
+
     /// A follower of `flight` leaves before its end (dropped, or past its
     /// deadline). Returns work that nobody is left to run, which the caller
     /// hands to its spawner (`detach`) or drops.

@@ -231,15 +231,48 @@ where
         Q: Hash + Eq + ?Sized,
         F: FnOnce() -> T,
     {
+        if self.engine.policy().is_none() {
+            return self.call_plain(key, work);
+        }
         if let Some(hit) = self.engine.hit(key.get()) {
             return hit;
         }
         let work = || Ok(work());
         match self.run(key, work, accepts_none, false, None) {
             Ok(outcome) => outcome,
-            Err(Stop::Panicked(panicked)) => panicked.resume(),
-            Err(Stop::Error(_) | Stop::TooManyWaiters | Stop::Timeout) => {
-                unreachable!("infallible work, no cap refusal, no deadline")
+            Err(stop) => resume(stop),
+        }
+    }
+
+    /// `call` in a group without policies, the commonest: the lone call's
+    /// outcome is built in place.
+    #[inline(never)]
+    #[track_caller]
+    fn call_plain<Q, F>(&self, key: KeyArg<'_, K, Q>, work: F) -> Outcome<T>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        F: FnOnce() -> T,
+    {
+        match self.engine.join_plain(key) {
+            Ok(ticket) => {
+                let running = self.engine.running(ticket);
+                let result = panic::catch_unwind(AssertUnwindSafe(work));
+                drop(running);
+                match result {
+                    Ok(value) => self.engine.finish_value(ticket, value),
+                    Err(payload) => match self.engine.finish(ticket, Ended::Panicked(payload)) {
+                        Ok(_) => unreachable!("a panic ends its flight as one"),
+                        Err(stop) => resume(stop),
+                    },
+                }
+            }
+            Err(following) => {
+                let work = || Ok(work());
+                match self.follow(following, work, accepts_none, None) {
+                    Ok(outcome) => outcome,
+                    Err(stop) => resume(stop),
+                }
             }
         }
     }
@@ -679,6 +712,16 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.engine.invalidate(key)
+    }
+}
+
+/// Re-raises the panic an infallible call ended with.
+fn resume(stop: Stop) -> ! {
+    match stop {
+        Stop::Panicked(panicked) => panicked.resume(),
+        Stop::Error(_) | Stop::TooManyWaiters | Stop::Timeout => {
+            unreachable!("infallible work, no cap refusal, no deadline")
+        }
     }
 }
 

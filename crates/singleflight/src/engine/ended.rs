@@ -50,8 +50,16 @@ impl<T> Ended<T> {
     }
 }
 
-/// How the flight ended, as it keeps it for its followers.
-pub(crate) type Published<T> = Result<Returned<T>, Message>;
+/// How a flight failed, as it keeps it for its followers.
+pub(crate) enum Failure {
+    Error(ErrorObject),
+    Panicked(Message),
+}
+
+/// How the flight ended, as it keeps it for its followers. A failure sits
+/// behind one thin `Arc`: the end a flight keeps is a word and a tag
+/// beyond the value, as small as the state of a flight can be.
+pub(crate) type Published<T> = Result<T, Arc<Failure>>;
 
 /// Why a caller got no value.
 pub(crate) enum Stop {
@@ -85,10 +93,14 @@ pub(crate) fn settle<T: Clone>(ended: Ended<T>, flight: Option<&impl Publish<T>>
         (Ended::Returned(Err(error)), None) => Err(Stop::Error(error)),
         // Publish before cloning for ourselves, so followers are woken even
         // if `T::clone` panics here; the flight keeps the one value.
-        (Ended::Returned(returned), Some(flight)) => received(flight.publish(Ok(returned))),
+        (Ended::Returned(Ok(value)), Some(flight)) => received(flight.publish(Ok(value))),
+        (Ended::Returned(Err(error)), Some(flight)) => {
+            flight.publish(Err(Arc::new(Failure::Error(Arc::clone(&error)))));
+            Err(Stop::Error(error))
+        }
         (Ended::Panicked(payload), flight) => {
             if let Some(flight) = flight {
-                flight.publish(Err(message_of(&*payload)));
+                flight.publish(Err(Arc::new(Failure::Panicked(message_of(&*payload)))));
             }
             Err(Stop::Panicked(Box::new(Panicked::leader(payload))))
         }
@@ -99,10 +111,12 @@ pub(crate) fn settle<T: Clone>(ended: Ended<T>, flight: Option<&impl Publish<T>>
 /// value (or of the error's `Arc`), made outside any lock.
 pub(crate) fn received<T: Clone>(published: &Published<T>) -> Received<T> {
     match published {
-        Ok(Ok(value)) => Ok(Outcome::new(T::clone(value), true)),
-        Ok(Err(error)) => Err(Stop::Error(Arc::clone(error))),
-        Err(message) => Err(Stop::Panicked(Box::new(Panicked::follower(
-            message.clone(),
-        )))),
+        Ok(value) => Ok(Outcome::new(T::clone(value), true)),
+        Err(failure) => match &**failure {
+            Failure::Error(error) => Err(Stop::Error(Arc::clone(error))),
+            Failure::Panicked(message) => Err(Stop::Panicked(Box::new(Panicked::follower(
+                message.clone(),
+            )))),
+        },
     }
 }

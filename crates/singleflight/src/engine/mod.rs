@@ -406,8 +406,8 @@ where
         debug_assert!(slot.is_some(), "only the driver removes a running flight");
         match slot.and_then(|slot| slot.flight) {
             None => Outcome::new(value, false),
-            Some(flight) => match flight.publish(Ok(Ok(value))) {
-                Ok(Ok(value)) => Outcome::new(T::clone(value), true),
+            Some(flight) => match flight.publish(Ok(value)) {
+                Ok(value) => Outcome::new(T::clone(value), true),
                 _ => unreachable!("the flight keeps the value it was given"),
             },
         }

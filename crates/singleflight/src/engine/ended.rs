@@ -11,7 +11,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use crate::panic::{Message, message_of};
-use crate::{Outcome, Panicked};
+use crate::{Error, Outcome, Panicked};
 
 /// The error of fallible work, behind the one `Arc` every caller of the
 /// flight receives. Its type is checked where a caller takes it back.
@@ -76,6 +76,48 @@ pub(crate) enum Stop {
 
 /// What a call ends with, before each entry point shapes it.
 pub(crate) type Received<T> = Result<Outcome<T>, Stop>;
+
+impl Stop {
+    /// How an infallible call without a deadline or a refusal ends without
+    /// a value: it re-raises the panic of the work.
+    pub(crate) fn resume(self) -> ! {
+        match self {
+            Self::Panicked(panicked) => panicked.resume(),
+            Self::Error(_) | Self::TooManyWaiters | Self::Timeout => {
+                unreachable!("infallible work, no cap refusal, no deadline")
+            }
+        }
+    }
+}
+
+/// What a `try_call` returns: the flight's error behind its one `Arc`, or
+/// the work's panic re-raised.
+pub(crate) fn try_result<T, E: Any + Send + Sync>(
+    received: Received<T>,
+) -> Result<Outcome<T>, Arc<E>> {
+    match received {
+        Ok(outcome) => Ok(outcome),
+        Err(Stop::Error(error)) => Err(error
+            .downcast::<E>()
+            .unwrap_or_else(|_| unreachable!("only errors of type `E` are taken"))),
+        Err(Stop::Panicked(panicked)) => panicked.resume(),
+        Err(Stop::TooManyWaiters | Stop::Timeout) => {
+            unreachable!("no cap refusal, no deadline")
+        }
+    }
+}
+
+/// What a checked call returns: every way to end without a value as an
+/// `Error`.
+pub(crate) fn checked_result<T>(received: Received<T>) -> Result<Outcome<T>, Error> {
+    match received {
+        Ok(outcome) => Ok(outcome),
+        Err(Stop::Panicked(panicked)) => Err(Error::Panicked(*panicked)),
+        Err(Stop::TooManyWaiters) => Err(Error::TooManyWaiters),
+        Err(Stop::Timeout) => Err(Error::Timeout),
+        Err(Stop::Error(_)) => unreachable!("infallible work"),
+    }
+}
 
 /// A flight's shared state, where followers wait for the [`Published`] end.
 pub(crate) trait Publish<T> {

@@ -37,7 +37,7 @@ use std::task::Waker;
 
 pub(crate) use ended::{
     Accepts, Ended, ErrorObject, Publish, Published, Received, Returned, Stop, accepts,
-    accepts_none, received, settle,
+    accepts_none, checked_result, received, settle, try_result,
 };
 pub(crate) use reentry::Running;
 pub(crate) use table::{Shards, Table};
@@ -226,6 +226,8 @@ where
     /// Joins the flight for `key`, or starts one; with policies, the memo
     /// and the waiter cap come first. `refresh`: a stale memo value may
     /// start a background refresh (the async group with a spawner).
+    /// Inline, so that a group without policies pays only `join_plain`.
+    #[inline]
     #[track_caller]
     pub(crate) fn join<Q>(
         &self,
@@ -237,12 +239,29 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(p) = &self.policy else {
-            return match self.join_plain(key) {
+        match &self.policy {
+            None => match self.join_plain(key) {
                 Ok(ticket) => Joined::Lead(ticket),
                 Err(following) => Joined::Follow(following),
-            };
-        };
+            },
+            Some(p) => self.join_policed(p, key, accepts, refresh),
+        }
+    }
+
+    /// `join` with policies: the memo, then the table under the cap.
+    #[inline(never)]
+    #[track_caller]
+    fn join_policed<Q>(
+        &self,
+        p: &Policies<K, T>,
+        key: KeyArg<'_, K, Q>,
+        accepts: Accepts,
+        refresh: bool,
+    ) -> Joined<T, F>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         p.count(Event::Call);
         let mut hash = None;
         loop {
@@ -258,7 +277,7 @@ where
                     if !refresh {
                         return Joined::Hit(answer);
                     }
-                    let hash = self.hasher.hash_one(key.get());
+                    let hash = *hash.get_or_insert_with(|| self.hasher.hash_one(key.get()));
                     let mut table = self.table.lock(hash);
                     if table.live_mut(hash, key.get()).is_some() {
                         return Joined::Hit(answer);
@@ -357,10 +376,7 @@ where
     pub(crate) fn finish(&self, ticket: Ticket, ended: Ended<T>) -> Received<T> {
         let Ticket { hash, id } = ticket;
         let Some(p) = &self.policy else {
-            let slot = self.table.lock(hash).remove(hash, id);
-            debug_assert!(slot.is_some(), "only the driver removes a running flight");
-            let flight = slot.and_then(|slot| slot.flight);
-            return settle(ended, flight.as_deref());
+            return settle(ended, self.remove_plain(ticket).as_deref());
         };
         let ending = p.ending(&ended);
         let mut table = self.table.lock(hash);
@@ -401,16 +417,23 @@ where
     #[inline]
     pub(crate) fn finish_value(&self, ticket: Ticket, value: T) -> Outcome<T> {
         debug_assert!(self.policy.is_none(), "the plain path has no policy");
-        let Ticket { hash, id } = ticket;
-        let slot = self.table.lock(hash).remove(hash, id);
-        debug_assert!(slot.is_some(), "only the driver removes a running flight");
-        match slot.and_then(|slot| slot.flight) {
+        match self.remove_plain(ticket) {
             None => Outcome::new(value, false),
             Some(flight) => match flight.publish(Ok(value)) {
                 Ok(value) => Outcome::new(T::clone(value), true),
                 _ => unreachable!("the flight keeps the value it was given"),
             },
         }
+    }
+
+    /// Removes the slot of flight `ticket`, in a group without policies
+    /// (no memo to write), and returns its followers' state, if any joined.
+    /// The key drops here, after the lock.
+    #[inline]
+    fn remove_plain(&self, ticket: Ticket) -> Option<Arc<F>> {
+        let slot = self.table.lock(ticket.hash).remove(ticket.hash, ticket.id);
+        debug_assert!(slot.is_some(), "only the driver removes a running flight");
+        slot.and_then(|slot| slot.flight)
     }
 
     /// A follower of `flight` leaves before its end (dropped, or past its

@@ -15,7 +15,9 @@ use std::task::{Context, Poll, ready};
 
 use super::driver::{Fallible, Inner, Lead, Make, Plain, make_caught, poll_caught};
 use super::flight::{Flight, Waited, Work};
-use crate::engine::{Accepts, Ended, Following, Joined, KeyArg, Received, Stop, received};
+use crate::engine::{
+    Accepts, Ended, Following, Joined, KeyArg, Received, Stop, received, try_result,
+};
 use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Overflow};
 use crate::{Outcome, Panicked, Source};
 
@@ -158,16 +160,8 @@ where
                     let Some(key) = self.key.take() else {
                         unreachable!("a call starts with its key");
                     };
-                    let engine = &self.inner.engine;
-                    let joined = if engine.policy().is_none() {
-                        match engine.join_plain(key) {
-                            Ok(ticket) => Joined::Lead(ticket),
-                            Err(following) => Joined::Follow(following),
-                        }
-                    } else {
-                        engine.join(key, self.accepts, self.inner.spawner.is_some())
-                    };
-                    match joined {
+                    let refresh = self.inner.spawner.is_some();
+                    match self.inner.engine.join(key, self.accepts, refresh) {
                         Joined::Lead(ticket) => {
                             let make = self.take_make();
                             match self.inner.lead(make, ticket) {
@@ -412,10 +406,7 @@ where
         }
         match ready!(flow.poll_flow(cx)) {
             Ok(outcome) => Poll::Ready(outcome),
-            Err(Stop::Panicked(panicked)) => panicked.resume(),
-            Err(Stop::Error(_) | Stop::TooManyWaiters | Stop::Timeout) => {
-                unreachable!("infallible work, no cap refusal, no deadline")
-            }
+            Err(stop) => stop.resume(),
         }
     }
 }
@@ -494,16 +485,7 @@ where
         if let Some(hit) = flow.hit() {
             return Poll::Ready(Ok(hit));
         }
-        match ready!(flow.poll_flow(cx)) {
-            Ok(outcome) => Poll::Ready(Ok(outcome)),
-            Err(Stop::Error(error)) => Poll::Ready(Err(error
-                .downcast::<E>()
-                .unwrap_or_else(|_| unreachable!("only errors of type `E` are taken")))),
-            Err(Stop::Panicked(panicked)) => panicked.resume(),
-            Err(Stop::TooManyWaiters | Stop::Timeout) => {
-                unreachable!("no cap refusal, no deadline")
-            }
-        }
+        Poll::Ready(try_result(ready!(flow.poll_flow(cx))))
     }
 }
 

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, ready};
 
 use super::call::{Flow, Handle};
 use super::driver::Plain;
-use crate::engine::{KeyArg, Stop, accepts_none};
+use crate::engine::{KeyArg, accepts_none, checked_result};
 use crate::policy::MetricEvent as Event;
 use crate::{Error, Outcome};
 
@@ -60,13 +60,7 @@ where
         if let Some(hit) = self.flow.hit() {
             return Poll::Ready(Ok(hit));
         }
-        Poll::Ready(match ready!(self.flow.poll_flow(cx)) {
-            Ok(outcome) => Ok(outcome),
-            Err(Stop::Panicked(panicked)) => Err(Error::Panicked(*panicked)),
-            Err(Stop::TooManyWaiters) => Err(Error::TooManyWaiters),
-            Err(Stop::Timeout) => Err(Error::Timeout),
-            Err(Stop::Error(_)) => unreachable!("infallible work"),
-        })
+        Poll::Ready(checked_result(ready!(self.flow.poll_flow(cx))))
     }
 }
 

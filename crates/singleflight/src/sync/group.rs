@@ -19,7 +19,7 @@ use super::builder::Builder;
 use super::flight::{Flight, Waited};
 use crate::engine::{
     Accepts, Ended, Engine, ErrorObject, Following, Joined, KeyArg, Received, Returned, Stop,
-    Ticket, accepts, accepts_none, received,
+    Ticket, accepts, accepts_none, checked_result, received, try_result,
 };
 use crate::policy::{MetricEvent as Event, MetricGauge as Gauge, Overflow, Policies, Stats};
 use crate::{Error, Outcome, Panicked, Source};
@@ -240,7 +240,7 @@ where
         let work = || Ok(work());
         match self.run(key, work, accepts_none, false, None) {
             Ok(outcome) => outcome,
-            Err(stop) => resume(stop),
+            Err(stop) => stop.resume(),
         }
     }
 
@@ -263,7 +263,7 @@ where
                     Ok(value) => self.engine.finish_value(ticket, value),
                     Err(payload) => match self.engine.finish(ticket, Ended::Panicked(payload)) {
                         Ok(_) => unreachable!("a panic ends its flight as one"),
-                        Err(stop) => resume(stop),
+                        Err(stop) => stop.resume(),
                     },
                 }
             }
@@ -271,7 +271,7 @@ where
                 let work = || Ok(work());
                 match self.follow(following, work, accepts_none, None) {
                     Ok(outcome) => outcome,
-                    Err(stop) => resume(stop),
+                    Err(stop) => stop.resume(),
                 }
             }
         }
@@ -351,16 +351,7 @@ where
             return Ok(hit);
         }
         let work = || work().map_err(|error| Arc::new(error) as ErrorObject);
-        match self.run(key, work, accepts::<E>, false, None) {
-            Ok(outcome) => Ok(outcome),
-            Err(Stop::Error(error)) => Err(error
-                .downcast::<E>()
-                .unwrap_or_else(|_| unreachable!("only errors of type `E` are taken"))),
-            Err(Stop::Panicked(panicked)) => panicked.resume(),
-            Err(Stop::TooManyWaiters | Stop::Timeout) => {
-                unreachable!("no cap refusal, no deadline")
-            }
-        }
+        try_result(self.run(key, work, accepts::<E>, false, None))
     }
 
     /// Like [`Group::try_call`], with the key by value (see
@@ -472,63 +463,12 @@ where
             return Ok(hit);
         }
         let work = || Ok(work());
-        match self.run(KeyArg::borrowed(key), work, accepts_none, true, deadline) {
-            Ok(outcome) => Ok(outcome),
-            Err(Stop::Panicked(panicked)) => Err(Error::Panicked(*panicked)),
-            Err(Stop::TooManyWaiters) => Err(Error::TooManyWaiters),
-            Err(Stop::Timeout) => Err(Error::Timeout),
-            Err(Stop::Error(_)) => unreachable!("infallible work"),
-        }
+        checked_result(self.run(KeyArg::borrowed(key), work, accepts_none, true, deadline))
     }
 
-    /// Every entry point, past the memo's hit path.
-    #[inline]
+    /// Every entry point but a plain `call`, past the memo's hit path.
     #[track_caller]
     fn run<Q, W>(
-        &self,
-        key: KeyArg<'_, K, Q>,
-        work: W,
-        accepts: Accepts,
-        refuse: bool,
-        deadline: Option<Instant>,
-    ) -> Received<T>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-        W: FnOnce() -> Returned<T>,
-    {
-        if self.engine.policy().is_none() {
-            return self.run_plain(key, work, accepts, deadline);
-        }
-        self.run_policed(key, work, accepts, refuse, deadline)
-    }
-
-    /// `run` in a group without policies: Go's semantics, in a function of
-    /// its own, as small as the lone call can be.
-    #[inline(never)]
-    #[track_caller]
-    fn run_plain<Q, W>(
-        &self,
-        key: KeyArg<'_, K, Q>,
-        work: W,
-        accepts: Accepts,
-        deadline: Option<Instant>,
-    ) -> Received<T>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-        W: FnOnce() -> Returned<T>,
-    {
-        match self.engine.join_plain(key) {
-            Ok(ticket) => self.lead(ticket, work),
-            Err(following) => self.follow(following, work, accepts, deadline),
-        }
-    }
-
-    /// `run` with policies.
-    #[inline(never)]
-    #[track_caller]
-    fn run_policed<Q, W>(
         &self,
         key: KeyArg<'_, K, Q>,
         work: W,
@@ -712,16 +652,6 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.engine.invalidate(key)
-    }
-}
-
-/// Re-raises the panic an infallible call ended with.
-fn resume(stop: Stop) -> ! {
-    match stop {
-        Stop::Panicked(panicked) => panicked.resume(),
-        Stop::Error(_) | Stop::TooManyWaiters | Stop::Timeout => {
-            unreachable!("infallible work, no cap refusal, no deadline")
-        }
     }
 }
 

@@ -418,22 +418,26 @@ impl<K: Hash + Eq, T: Clone> Policies<K, T> {
     /// taking the table lock: user `Clone` never runs under it, and a
     /// panicking `Clone` costs the memo entry, never the flight's end.
     pub(crate) fn ending(&self, ended: &Ended<T>) -> Ending<T> {
-        let (failure, copy) = match ended {
-            Ended::Returned(Ok(value)) => {
-                let copy = self.memo.as_ref().and_then(|_| {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.clone())).ok()
-                });
-                (self.is_failure(value), copy.map(Ok))
-            }
+        let failure = match ended {
+            Ended::Returned(Ok(value)) => self.is_failure(value),
             // The error of fallible work is a failure, kept only for the
-            // negative TTL; every caller shares its one `Arc`.
-            Ended::Returned(Err(error)) => (true, Some(Err(Arc::clone(error)))),
-            Ended::Panicked(_) => (false, None),
+            // negative TTL.
+            Ended::Returned(Err(_)) => true,
+            Ended::Panicked(_) => false,
         };
-        let copy = match (&self.memo, copy) {
-            (Some(_), Some(copy)) => Some((copy, self.now())),
-            _ => None,
-        };
+        let copy = self.memo.as_ref().and_then(|_| {
+            let copy = match ended {
+                Ended::Returned(Ok(value)) => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.clone()))
+                        .ok()
+                        .map(Ok)
+                }
+                // Every caller shares the error's one `Arc`.
+                Ended::Returned(Err(error)) => Some(Err(Arc::clone(error))),
+                Ended::Panicked(_) => None,
+            }?;
+            Some((copy, self.now()))
+        });
         Ending { failure, copy }
     }
 
